@@ -92,6 +92,10 @@ class Store(ABC):
     def url(self, key: str) -> str:
         """Where a person (or DuckDB) finds the object."""
 
+    @abstractmethod
+    def key_of(self, ref: ObjectRef) -> str:
+        """The store key of an object named by a trigger event; refuses foreign buckets."""
+
     # --- writes, with the raw-dump guard -------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
         self._guard(key)
@@ -190,6 +194,9 @@ class LocalStore(Store):
     def url(self, key: str) -> str:
         return str(self._path(key))
 
+    def key_of(self, ref: ObjectRef) -> str:
+        return ref.key  # a local folder stands for any one bucket
+
     def local_path(self, key: str) -> Path:
         """Local stores can hand a file to a reader without a copy."""
         return self._path(key)
@@ -254,6 +261,11 @@ class S3Store(Store):
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def key_of(self, ref: ObjectRef) -> str:
+        if ref.bucket != self.bucket or not ref.key.startswith(self.prefix):
+            raise ValueError(f"object s3://{ref.bucket}/{ref.key} is outside this store {self.uri}")
+        return ref.key[len(self.prefix) :]
 
 
 @dataclass(frozen=True)

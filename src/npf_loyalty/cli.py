@@ -1,0 +1,117 @@
+"""`npf-loyalty` command line: the product's local entry point (an edge, like the handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from npf_loyalty.settings import Settings, get_settings
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from npf_loyalty.synth import SynthConfig, generate, write_fund
+
+    config = SynthConfig(accounts=args.accounts, seed=args.seed, quarters=args.quarters)
+    with tqdm(desc="synth", unit="step", leave=False) as bar:
+        fund = generate(config, progress=lambda stage: (bar.set_postfix_str(stage), bar.update()))
+        paths = write_fund(fund, Path(args.out), fmt=args.format, encoding=args.encoding)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from npf_loyalty.ingest import ingest_object
+    from npf_loyalty.storage import Keys, open_store
+
+    settings = _settings(args)
+    store = open_store(settings.store)
+    failed = 0
+    for file in args.files:
+        path = Path(file)
+        key = upload_key(path)
+        if not store.exists(key):
+            store.put_file(key, path)
+        outcome = ingest_object(store, key, settings)
+        print(f"{path.name}: {outcome.status}, {outcome.rows_clean}/{outcome.rows_total} rows")
+        if outcome.rows_rejected:
+            print(f"  quarantined {outcome.rows_rejected} rows: {outcome.quarantine}")
+        if not outcome.ok:
+            failed += 1
+            print(outcome.report, file=sys.stderr)
+        if outcome.waiting_for:
+            print(f"  features wait for: {', '.join(outcome.waiting_for)}")
+        if outcome.features:
+            print(f"  features: {store.url(Keys.features)} (version {outcome.features.version})")
+    return 1 if failed else 0
+
+
+def upload_key(path: Path) -> str:
+    """Where a local file is 'uploaded': by content, so the same file is uploaded once."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"uploads/local/{digest}/{path.name}"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from npf_loyalty.demo import run_demo
+
+    return run_demo(Path(args.workdir), accounts=args.accounts, seed=args.seed)
+
+
+def _contract(args: argparse.Namespace) -> int:
+    from npf_loyalty.contract_doc import render_contract
+
+    sys.stdout.write(render_contract())
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = get_settings()
+    if getattr(args, "store", None):
+        settings = settings.model_copy(update={"store": args.store})
+    return settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npf-loyalty", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write a synthetic fund's dumps and truth file")
+    synth.add_argument("--accounts", type=int, default=5000)
+    synth.add_argument("--seed", type=int, default=7)
+    synth.add_argument("--quarters", type=int, default=40)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--format", choices=["csv", "parquet", "xlsx"], default="csv")
+    synth.add_argument("--encoding", choices=["utf-8", "cp1251"], default="utf-8")
+    synth.set_defaults(run=_synth)
+
+    ingest = commands.add_parser("ingest", help="validate dumps and build the features")
+    ingest.add_argument("files", nargs="+")
+    ingest.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+    ingest.set_defaults(run=_ingest)
+
+    demo = commands.add_parser("demo", help="the whole local run on a synthetic fund")
+    demo.add_argument("--workdir", default="npf-demo")
+    demo.add_argument("--accounts", type=int, default=5000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(run=_demo)
+    contract = commands.add_parser("contract", help="print the data contract as Markdown")
+    contract.set_defaults(run=_contract)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from npf_loyalty.observability import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging("WARNING")
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
