@@ -35,6 +35,12 @@ def test_list_returns_sorted_keys_under_the_prefix_only(store: Store) -> None:
     assert store.list("scores/") == ["scores/v1/a", "scores/v2/b"]
 
 
+def test_list_of_the_empty_prefix_is_the_whole_store(store: Store) -> None:
+    store.put_bytes("a/b", b"x")
+    store.put_bytes("c", b"y")
+    assert store.list("") == ["a/b", "c"]
+
+
 def test_missing_object_does_not_exist(store: Store) -> None:
     assert not store.exists("nothing/here")
 

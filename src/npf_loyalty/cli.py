@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from npf_loyalty.settings import Settings, get_settings
 
@@ -62,10 +63,93 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), accounts=args.accounts, seed=args.seed)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from npf_loyalty.model import train_from_store
+    from npf_loyalty.storage import open_store
+
+    settings = _settings(args)
+    store = open_store(settings.store)
+    truth = Path(args.truth) if args.truth else None
+    trained, decision = train_from_store(store, settings, truth, force=args.force)
+    print(card_summary(trained.card))
+    verdict = "promoted to current" if decision.promoted else "saved, NOT promoted"
+    print(f"model {decision.version}: {verdict} — {decision.reason}")
+    return 0
+
+
+def card_summary(card: dict[str, Any]) -> str:
+    """The model card's test figures, one line per horizon and comparison."""
+    lines = []
+    for horizon, block in card.get("horizons", {}).items():
+        rows = {"model": block["metrics"]["test"]}
+        rows.update({name: b for name, b in block.get("baselines", {}).items()})
+        if "truth" in block["metrics"]:
+            rows["truth (ceiling)"] = block["metrics"]["truth"]
+        lines.append(f"{horizon} (test): ROC-AUC  PR-AUC   F1    Brier")
+        lines += [
+            f"  {name:18} {m['roc_auc']:.3f}   {m['pr_auc']:.3f}   {m['f1']:.3f} {m['brier']:.4f}"
+            for name, m in rows.items()
+        ]
+    return "\n".join(lines)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from npf_loyalty.scoring import load_current_model, score_current
+    from npf_loyalty.storage import open_store
+
+    settings = _settings(args)
+    store = open_store(settings.store)
+    outcome = score_current(store, settings, load_current_model(store, settings.work_dir))
+    state = "scored" if outcome.built else "already scored"
+    print(f"{outcome.accounts} accounts {state} for {outcome.quarter}: {outcome.location}")
+    return 0
+
+
 def _contract(args: argparse.Namespace) -> int:
     from npf_loyalty.contract_doc import render_contract
 
     sys.stdout.write(render_contract())
+    return 0
+
+
+def _bot(args: argparse.Namespace) -> int:
+    """The managers' bot: offline console, or long polling against Telegram."""
+    import importlib
+
+    from npf_loyalty.edges import repo_root
+
+    root = str(repo_root())  # bot/ lives beside the package, like functions/
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    if args.console:
+        console = importlib.import_module("bot.console")
+        code: int = console.run_console(args.store)
+        return code
+    app = importlib.import_module("bot.app")
+    settings = _settings(args)
+    try:
+        app.run_polling(settings)
+    except app.MissingTokenError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from npf_loyalty.report import NoScoresError, build_report
+    from npf_loyalty.storage import open_store
+
+    settings = _settings(args)
+    store = open_store(settings.store)
+    try:
+        report = build_report(store, settings, args.quarter)
+    except (NoScoresError, ValueError) as error:
+        print(f"report: {error}", file=sys.stderr)
+        return 1
+    print(report.headline_text())
+    print()
+    print(f"html: {store.url(report.html_key)}")
+    print(f"xlsx: {store.url(report.xlsx_key)}")
     return 0
 
 
@@ -99,8 +183,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--accounts", type=int, default=5000)
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=_demo)
+    report = commands.add_parser("report", help="the quarterly report (HTML, XLSX, tables)")
+    report.add_argument("--quarter", help="e.g. 2023Q1 (default: the quarter of the scores)")
+    report.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+    report.set_defaults(run=_report)
+
+    train = commands.add_parser("train", help="train, evaluate and save a new model version")
+    train.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+    train.add_argument("--truth", help="the synthetic fund's truth.parquet, for the ceiling")
+    train.add_argument("--force", action="store_true", help="promote even if not better")
+    train.set_defaults(run=_train)
+
+    score = commands.add_parser("score", help="score every active account with the model")
+    score.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+    score.set_defaults(run=_score)
+
     contract = commands.add_parser("contract", help="print the data contract as Markdown")
     contract.set_defaults(run=_contract)
+
+    bot = commands.add_parser("bot", help="the managers' Telegram bot (long polling)")
+    bot.add_argument(
+        "--console", action="store_true", help="offline: no token, no network, type commands"
+    )
+    bot.add_argument("--store", help="folder or s3://bucket/prefix (console: ./npf-demo/bucket)")
+    bot.set_defaults(run=_bot)
     return parser
 
 

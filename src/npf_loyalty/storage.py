@@ -60,6 +60,15 @@ class Keys:
     def quarantine_dir(table: str, digest: str) -> str:
         return f"quarantine/{table}/{digest}/"
 
+    @staticmethod
+    def scores_of_quarter(quarter: str) -> str:
+        """The latest scores of the accounts as of one quarter (what was predicted then)."""
+        return f"scores/by_quarter/{quarter}.json"
+
+    @staticmethod
+    def report_dir(quarter: str, run: str) -> str:
+        return f"reports/{quarter}/{run}/"
+
 
 class Store(ABC):
     """Objects addressed by '/'-separated keys relative to the store's root."""
@@ -180,7 +189,11 @@ class LocalStore(Store):
         return self._path(key).is_file()
 
     def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix) if prefix.endswith("/") else self._path(prefix).parent
+        base = (
+            self._path(prefix)
+            if prefix in ("", "/") or prefix.endswith("/")
+            else (self._path(prefix).parent)
+        )
         if not base.exists():
             return []
         keys = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
