@@ -9,9 +9,10 @@ from __future__ import annotations
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -30,6 +31,47 @@ class Settings(BaseSettings):
         default="4GB", description="DuckDB spills to work_dir beyond this"
     )
     duckdb_threads: int | None = Field(default=None, description="None: all cores")
+
+    # --- the managers' Telegram bot -------------------------------------------------------
+    bot_token: SecretStr | None = Field(default=None, description="Telegram bot token")
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Telegram's X-Telegram-Bot-Api-Secret-Token; the webhook refuses without it",
+    )
+    managers: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Telegram user ids allowed to use the bot: 1,2,3"
+    )
+    admins: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Telegram user ids that may /grant and /revoke"
+    )
+    rate_limit_per_minute: int = Field(default=20, ge=1, description="requests per user")
+    ssm_prefix: str | None = Field(
+        default=None,
+        description="SSM Parameter Store path with bot_token, webhook_secret, managers, admins",
+    )
+    reports_chat_id: int | None = Field(
+        default=None, description="the managers' chat that receives the quarterly reports"
+    )
+
+    @field_validator("managers", "admins", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> list[int]:
+        return parse_ids(value)
+
+
+def parse_ids(value: Any) -> list[int]:
+    """Telegram user ids from "1, 2,3", "[1, 2]", a list or None (env and SSM both use it)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip().strip("[]")
+        items: list[Any] = [part for part in text.replace(";", ",").split(",") if part.strip()]
+    elif isinstance(value, int):
+        items = [value]
+    else:
+        items = list(value)
+    ids = [int(str(item).strip()) for item in items]
+    return list(dict.fromkeys(ids))
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,1 @@
+"""The managers' Telegram bot (aiogram 3): a thin edge over `npf_loyalty.lookup`."""
