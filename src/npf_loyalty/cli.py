@@ -18,7 +18,12 @@ def _synth(args: argparse.Namespace) -> int:
 
     config = SynthConfig(accounts=args.accounts, seed=args.seed, quarters=args.quarters)
     with tqdm(desc="synth", unit="step", leave=False) as bar:
-        fund = generate(config, progress=lambda stage: (bar.set_postfix_str(stage), bar.update()))
+
+        def progress(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update()
+
+        fund = generate(config, progress=progress)
         paths = write_fund(fund, Path(args.out), fmt=args.format, encoding=args.encoding)
     for name, path in paths.items():
         print(f"{name}: {path}")

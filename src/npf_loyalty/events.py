@@ -39,7 +39,7 @@ class S3Record(_Model):
 
 
 class S3Event(_Model):
-    Records: list[S3Record]  # noqa: N815
+    Records: list[S3Record]
 
 
 class YandexDetails(_Model):

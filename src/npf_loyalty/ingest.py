@@ -218,7 +218,10 @@ def refresh_features(store: Store, settings: Settings) -> FeaturesOutcome:
         return FeaturesOutcome(version, False, location, current.get("summary", {}))
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="features-") as tmp:
         work = Path(tmp)
-        local = {t: _local_copy(store, Keys.clean_table(t, d), work / "in") for t, d in inputs.items()}
+        local = {
+            table: _local_copy(store, Keys.clean_table(table, digest), work / "in")
+            for table, digest in inputs.items()
+        }
         sources = FeatureSources(
             clients=str(local[schema.CLIENTS_QUARTERLY.name]),
             transactions=str(local[schema.TRANSACTIONS.name]),
@@ -229,13 +232,28 @@ def refresh_features(store: Store, settings: Settings) -> FeaturesOutcome:
         con = connect(settings)
         try:
             summary = write_features(feature_query(con, sources), work / "out")
+            by_quarter = _accounts_by_quarter(con, work / "out")
         finally:
             con.close()
         store.put_dir(Keys.version_dir(Keys.features, version), work / "out")
     summary_dict = asdict(summary)
-    store.publish(Keys.features, version, {"inputs": inputs, "summary": summary_dict})
+    store.publish(
+        Keys.features,
+        version,
+        {"inputs": inputs, "summary": summary_dict, "by_quarter": by_quarter},
+    )
     log.info("features published", extra=fields(version=version, rows=summary.rows))
     return FeaturesOutcome(version, True, location, summary_dict)
+
+
+def _accounts_by_quarter(con: Any, folder: Path) -> list[dict[str, Any]]:
+    """Accounts present and leaving per quarter: the fund-wide history the bot and report show."""
+    rows = con.sql(
+        f"""SELECT quarter, count(*) AS accounts, count(*) FILTER (WHERE churn = 1) AS left_
+            FROM read_parquet('{folder.as_posix()}/*/*.parquet', hive_partitioning = true)
+            GROUP BY quarter ORDER BY quarter"""
+    ).fetchall()
+    return [{"quarter": q, "accounts": int(n), "left": int(left)} for q, n, left in rows]
 
 
 def _features_version(inputs: dict[str, str]) -> str:

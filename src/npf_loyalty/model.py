@@ -988,6 +988,11 @@ def save_version(store: Store, trained: TrainedModel, force: bool = False) -> Pr
         path = Path(tmp) / "shap.npz"
         trained.shap.save(path)
         store.put_file(folder + "shap.npz", path)
+        # the boosters themselves, for audits and the benchmark; scoring never reads them
+        for horizon, booster in zip(HORIZONS, trained.boosters, strict=True):
+            cbm = Path(tmp) / f"{horizon.name}.cbm"
+            booster.save_model(str(cbm))
+            store.put_file(f"{folder}boosters/{horizon.name}.cbm", cbm)
     store.put_json(folder + "meta.json", trained.meta)
     store.put_bytes(folder + "card.json", json.dumps(card, ensure_ascii=False, indent=2).encode())
     store.put_bytes(folder + "card.md", render_card_md(card).encode())

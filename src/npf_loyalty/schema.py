@@ -269,7 +269,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("region", Role.INFO, "VARCHAR", "регион (справочник) или «unknown»"),
     Feature("federal_district", Role.INFO, "VARCHAR", "федеральный округ или «unknown»"),
     Feature("region_source", Role.INFO, "VARCHAR", "откуда регион: region, postal, unknown"),
-    Feature("macro_carried_forward", Role.INFO, "INTEGER", "макроряды продлены последним значением"),
+    Feature(
+        "macro_carried_forward", Role.INFO, "INTEGER", "макроряды продлены последним значением"
+    ),
     # contributions and income, by calendar quarter (0 where the account had no operation)
     _in("contrib_q", "взносы за квартал, руб."),
     _in("contrib_lag1", "взносы кварталом ранее, руб."),
@@ -287,7 +289,7 @@ FEATURES: tuple[Feature, ...] = (
     _in("income_lag3", "доход три квартала назад, руб."),
     _in("income_lag4", "доход четыре квартала назад, руб."),
     _in("income_4q", "доход за последние 4 квартала, руб."),
-    _in("days_since_contrib", "дней с последнего взноса на конец квартала (пусто — взносов не было)"),
+    _in("days_since_contrib", "дней с последнего взноса на конец квартала (пусто — не было)"),
     _in("quarters_without_contrib", "кварталов подряд без взносов"),
     _in("stopped_paying", "платил в кварталах t−5…t−2, но не платил в t−1 и t"),
     # the account and the client

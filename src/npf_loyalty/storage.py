@@ -10,8 +10,8 @@ a small pointer object written last, so a crash mid-way leaves the previous resu
 
 from __future__ import annotations
 
+import builtins
 import json
-import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
@@ -120,7 +120,7 @@ class Store(ABC):
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 
-    def put_dir(self, prefix: str, folder: Path) -> list[str]:
+    def put_dir(self, prefix: str, folder: Path) -> builtins.list[str]:
         """Upload every file under a local folder, keeping relative paths."""
         keys = []
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -171,14 +171,14 @@ class LocalStore(Store):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
-        os.replace(tmp, target)
+        tmp.replace(target)
 
     def _put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
+        tmp.replace(target)
 
     def get_file(self, key: str, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
