@@ -24,6 +24,7 @@ from npf_loyalty.lookup import (
     TopResult,
     YearStat,
 )
+from npf_loyalty.reasons import plural
 
 CAPTION_LIMIT = 1024  # Telegram's limit for a photo's caption
 MESSAGE_LIMIT = 4096
@@ -156,15 +157,6 @@ def number(value: float) -> str:
     return f"{value:,.0f}".replace(",", " ")
 
 
-def plural(n: int, one: str, few: str, many: str) -> str:
-    n = abs(n)
-    if n % 10 == 1 and n % 100 != 11:
-        return one
-    if 2 <= n % 10 <= 4 and not 12 <= n % 100 <= 14:
-        return few
-    return many
-
-
 def quarter_name(quarter: str) -> str:
     """ "2023Q1" → "1 кв. 2023"."""
     if len(quarter) == 6 and quarter[4] == "Q":
@@ -224,7 +216,8 @@ def _capital(text: str) -> str:
 def age_words(age: int | None) -> str:
     if age is None:
         return "возраст не указан"
-    return f"{age} {plural(age, 'год', 'года', 'лет')}"
+    years = int(age)  # the feature table keeps ages as numbers, e.g. 38.0
+    return f"{years} {plural(years, 'год', 'года', 'лет')}"
 
 
 def plain(text: str) -> str:

@@ -444,7 +444,9 @@ def apply_calibration(cal: Calibration, raw: np.ndarray) -> np.ndarray:
 
 
 def _pool(x: np.ndarray, y: np.ndarray | None, names: Sequence[str]) -> Pool:
-    return Pool(x, label=y, feature_names=list(names))
+    # integer class labels: CatBoost's own ONNX export (the benchmark's reference) refuses floats
+    label = None if y is None else np.asarray(y).astype(np.int64)
+    return Pool(x, label=label, feature_names=list(names))
 
 
 def _booster(cfg: TrainConfig, **params: Any) -> CatBoostClassifier:

@@ -26,12 +26,18 @@ def _flag(yes: str, no: str) -> Callable[[float], str]:
     return lambda v: yes if v >= 0.5 else no
 
 
-def _plural_quarters(n: int) -> str:
+def plural(n: int, one: str, few: str, many: str) -> str:
+    """Russian plural form: 1 квартал, 2 квартала, 5 кварталов."""
+    n = abs(n)
     if n % 10 == 1 and n % 100 != 11:
-        return f"{n} квартал"
+        return one
     if 2 <= n % 10 <= 4 and not 12 <= n % 100 <= 14:
-        return f"{n} квартала"
-    return f"{n} кварталов"
+        return few
+    return many
+
+
+def _plural_quarters(n: int) -> str:
+    return f"{n} {plural(n, 'квартал', 'квартала', 'кварталов')}"
 
 
 #: How a feature's value reads to a manager. Features missing here fall back to their meaning.

@@ -283,7 +283,11 @@ def _write_scores(
     con: Any, scored: dict[str, np.ndarray], out: Path, model_version: str, features_version: str
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    con.register("scored", scored)
+    # one scan of the numpy arrays (Python strings are slow to scan); the later steps read a
+    # native table
+    con.register("scored_arrays", scored)
+    con.sql("CREATE OR REPLACE TEMP TABLE scored AS SELECT * FROM scored_arrays")
+    con.unregister("scored_arrays")
     con.sql(
         f"COPY (SELECT *, '{features_version}' AS features_version FROM scored "
         f"ORDER BY npo_account_id) TO '{out / 'scores.parquet'}' (FORMAT parquet)"
@@ -310,26 +314,29 @@ def _write_lookup(con: Any, glob: str, model: LoadedModel, out: Path) -> None:
     )
     con.sql(
         f"""
-        COPY (SELECT *, {shard.format(col="client_id")} AS shard FROM account_view
-              ORDER BY client_id, npo_account_id)
+        COPY (SELECT *, {shard.format(col="client_id")} AS shard FROM account_view)
         TO '{out / "client"}' (FORMAT parquet, PARTITION_BY (shard), OVERWRITE_OR_IGNORE)
         """
     )
     # /top reads one small file: the riskiest accounts overall, per region and per district
+    # (ranked on narrow columns, then the chosen rows fetched whole)
     con.sql(
         f"""
         COPY (
-            SELECT * EXCLUDE (r_all, r_region, r_district) FROM (
-                SELECT *,
+            WITH ranked AS (
+                SELECT npo_account_id,
                     row_number() OVER (ORDER BY p_leave_next_q DESC, npo_account_id) AS r_all,
                     row_number() OVER (PARTITION BY region
                                        ORDER BY p_leave_next_q DESC, npo_account_id) AS r_region,
                     row_number() OVER (PARTITION BY federal_district
                                        ORDER BY p_leave_next_q DESC, npo_account_id) AS r_district
-                FROM account_view)
-            WHERE r_all <= {TOP_OVERALL} OR r_region <= {TOP_PER_AREA}
-               OR r_district <= {TOP_PER_AREA}
-            ORDER BY p_leave_next_q DESC, npo_account_id
+                FROM (SELECT npo_account_id, p_leave_next_q, region, federal_district
+                      FROM account_view))
+            SELECT a.* FROM account_view a SEMI JOIN ranked r
+              ON a.npo_account_id = r.npo_account_id
+             AND (r.r_all <= {TOP_OVERALL} OR r.r_region <= {TOP_PER_AREA}
+                  OR r.r_district <= {TOP_PER_AREA})
+            ORDER BY a.p_leave_next_q DESC, a.npo_account_id
         ) TO '{out / "top.parquet"}' (FORMAT parquet)
         """
     )
@@ -382,8 +389,7 @@ def _write_lookup(con: Any, glob: str, model: LoadedModel, out: Path) -> None:
     con.register("history", slim)
     con.sql(
         f"""
-        COPY (SELECT *, {shard.format(col="client_id")} AS shard FROM history
-              ORDER BY client_id, npo_account_id, quarter)
+        COPY (SELECT *, {shard.format(col="client_id")} AS shard FROM history)
         TO '{out / "history"}' (FORMAT parquet, PARTITION_BY (shard), OVERWRITE_OR_IGNORE)
         """
     )
