@@ -46,7 +46,7 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
 
 def _deliver(report: Report) -> str:
-    chat_id = getattr(settings, "reports_chat_id", None)
+    chat_id = settings.reports_chat_id
     if not chat_id:
         return "not configured"
     try:
@@ -62,14 +62,12 @@ def _deliver(report: Report) -> str:
 
 def _bot_token() -> str | None:
     """The token from the environment, else from SSM when the bot keeps its secrets there."""
-    token = getattr(settings, "bot_token", None)
-    if token is None and getattr(settings, "ssm_prefix", None):
+    token = settings.bot_token
+    if token is None and settings.ssm_prefix:
         from npf_loyalty.secrets import with_ssm_secrets
 
-        token = getattr(with_ssm_secrets(settings), "bot_token", None)
-    if token is not None and hasattr(token, "get_secret_value"):
-        token = token.get_secret_value()
-    return str(token) if token else None
+        token = with_ssm_secrets(settings).bot_token
+    return token.get_secret_value() if token is not None else None
 
 
 async def _send_with_aiogram(token: str, chat_id: int | str, report: Report) -> None:

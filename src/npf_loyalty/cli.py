@@ -165,6 +165,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _add_store(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npf-loyalty", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="validate dumps and build the features")
     ingest.add_argument("files", nargs="+")
-    ingest.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+    _add_store(ingest)
     ingest.set_defaults(run=_ingest)
 
     demo = commands.add_parser("demo", help="the whole local run on a synthetic fund")
@@ -190,17 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     report = commands.add_parser("report", help="the quarterly report (HTML, XLSX, tables)")
     report.add_argument("--quarter", help="e.g. 2023Q1 (default: the quarter of the scores)")
-    report.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+    _add_store(report)
     report.set_defaults(run=_report)
 
     train = commands.add_parser("train", help="train, evaluate and save a new model version")
-    train.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+    _add_store(train)
     train.add_argument("--truth", help="the synthetic fund's truth.parquet, for the ceiling")
     train.add_argument("--force", action="store_true", help="promote even if not better")
     train.set_defaults(run=_train)
 
     score = commands.add_parser("score", help="score every active account with the model")
-    score.add_argument("--store", help="folder or s3://bucket/prefix (default: $NPF_STORE)")
+    _add_store(score)
     score.set_defaults(run=_score)
 
     contract = commands.add_parser("contract", help="print the data contract as Markdown")
