@@ -493,15 +493,7 @@ IMPORTS = {
 @pytest.mark.parametrize(
     "function",
     [
-        pytest.param(
-            "ingest",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="npf_loyalty/reference.py imports pyarrow at module level; pyarrow is "
-                "not in the ingest layer and cannot be (163 MiB: ingest would be ~309 MiB, over "
-                "Lambda's 250). Remove this mark once reference.py builds its tables without it.",
-            ),
-        ),
+        "ingest",
         "score",
         "report",
         "bot",
