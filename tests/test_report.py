@@ -556,6 +556,31 @@ def test_handler_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         get_settings.cache_clear()
 
 
+def test_delivery_posts_headline_and_files_through_the_bots_session(
+    built: tuple[Fund, rp.Report, LocalStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.console import RecordingSession
+    from npf_loyalty.edges import load_handler
+    from npf_loyalty.settings import get_settings
+
+    _, report, store = built
+    monkeypatch.setenv("NPF_STORE", str(store.root))
+    monkeypatch.setenv("NPF_WORK_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    module = load_handler("report")
+    session = RecordingSession()
+
+    asyncio.run(module._send_with_aiogram("123:abc", 42, report, session=session))
+
+    names = [type(call.method).__name__ for call in session.calls]
+    assert names == ["SendMessage", "SendDocument", "SendDocument"]
+    assert all(call.method.chat_id == 42 for call in session.calls)
+    assert report.quarter[:4] in session.calls[0].method.text
+    files = [call.method.document.filename for call in session.calls[1:]]
+    assert files[0].endswith(".html") and files[1].endswith(".xlsx")
+    get_settings.cache_clear()
+
+
 def test_quarter_helpers() -> None:
     assert rp.parse_quarter(" 2023q2 ") == "2023Q2"
     assert rp.previous_quarter("2023Q1") == "2022Q4"

@@ -70,11 +70,14 @@ def _bot_token() -> str | None:
     return token.get_secret_value() if token is not None else None
 
 
-async def _send_with_aiogram(token: str, chat_id: int | str, report: Report) -> None:
+async def _send_with_aiogram(
+    token: str, chat_id: int | str, report: Report, session: Any = None
+) -> None:
+    """Post through aiogram; `session` replaces the network (tests pass a recording one)."""
     from aiogram import Bot
     from aiogram.types import BufferedInputFile
 
-    bot = Bot(token=token)
+    bot = Bot(token=token, session=session) if session is not None else Bot(token=token)
 
     class Chat:
         async def send_message(self, text: str) -> Any:
