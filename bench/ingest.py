@@ -60,17 +60,27 @@ def run_product(paths: dict[str, Path], workdir: Path) -> dict[str, float]:
     store = LocalStore(bucket)
     settings = Settings(store=str(bucket), work_dir=workdir, duckdb_memory_limit="3GB")
     keys = []
-    for name in ("clnts_fin_prtrt", "trnsctns", "cntrbtrs"):
+    # the operations last: features are rebuilt on every upload once both required tables
+    # are present, so this order builds them once (any other order builds them twice)
+    for name in ("clnts_fin_prtrt", "cntrbtrs", "trnsctns"):
         key = f"uploads/bench/{paths[name].name}"
         store.put_file(key, paths[name])
         keys.append(key)
+    steps: dict[str, float] = {}
     start = time.perf_counter()
     for key in keys:
+        began = time.perf_counter()
         outcome = ingest_object(store, key, settings)
         assert outcome.ok, outcome.report
+        steps[key.rsplit("/", 1)[-1]] = time.perf_counter() - began
     seconds = time.perf_counter() - start
     assert outcome.features is not None
-    return {"seconds": seconds, "rows": outcome.features.summary["rows"], "peak_mb": _peak_mb()}
+    return {
+        "seconds": seconds,
+        "rows": outcome.features.summary["rows"],
+        "peak_mb": _peak_mb(),
+        "steps": steps,
+    }
 
 
 def run_pandas(paths: dict[str, Path], workdir: Path) -> dict[str, float]:
@@ -94,6 +104,7 @@ def main() -> None:
     parser.add_argument("--quarters", type=int, default=120)
     parser.add_argument("--workdir", type=Path, default=Path("bench/out"))
     parser.add_argument("--side", choices=["product", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--sides", nargs="+", default=["product", "pandas"])
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     paths = generate(args.workdir, args.accounts, args.quarters)
@@ -104,7 +115,7 @@ def main() -> None:
         return
 
     results = {}
-    for side in ("product", "pandas"):
+    for side in args.sides:
         out = subprocess.run(
             [
                 sys.executable,
@@ -123,15 +134,15 @@ def main() -> None:
             text=True,
         )
         results[side] = json.loads(out.stdout.strip().splitlines()[-1])
-    product, pandas = results["product"], results["pandas"]
     print(f"\ningest, {args.accounts:,} accounts × {args.quarters} quarters, CSV in → features out")
     print(f"{'':10}{'seconds':>10}{'peak MB':>10}{'rows':>12}")
     for side, r in results.items():
         print(f"{side:10}{r['seconds']:>10.1f}{r['peak_mb']:>10.0f}{r['rows']:>12,}")
-    print(
-        f"speed-up: {pandas['seconds'] / product['seconds']:.1f}× "
-        f"(target ≥ 3×; product target ≤ 60 s and ≤ 4096 MB)"
-    )
+    for name, seconds in results.get("product", {}).get("steps", {}).items():
+        print(f"  product, upload of {name}: {seconds:.1f} s")
+    if {"product", "pandas"} <= set(results):
+        ratio = results["pandas"]["seconds"] / results["product"]["seconds"]
+        print(f"speed-up: {ratio:.1f}× (target ≥ 3×; product target ≤ 60 s and ≤ 4096 MB)")
 
 
 if __name__ == "__main__":
