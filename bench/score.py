@@ -70,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from catboost import CatBoostClassifier
+    from score_model import run_native_onnx  # bench/, beside this script
 
     from npf_loyalty.onnx_export import catboost_native_onnx
     from npf_loyalty.onnx_runtime import make_session, run_in_batches
@@ -127,13 +128,11 @@ def main() -> None:
         path = Path(tmp) / "native.onnx"
         catboost_native_onnx(booster, path)
         session = make_session(path, threads=2)
-        name = session.get_inputs()[0].name
         clean = np.nan_to_num(tree_x, nan=0.0)  # TreeEnsemble has no NaN handling of catboost's
-        session.run(None, {name: clean[:1000]})
+        run_native_onnx(session, clean[:1000])
         start = time.perf_counter()
-        out = session.run(None, {name: clean})
+        p_tree_ensemble = run_native_onnx(session, clean)
         tree_ensemble_s = time.perf_counter() - start
-        p_tree_ensemble = np.asarray(out[1])[:, 1]
     native_clean = booster.predict_proba(clean, thread_count=2)[:, 1]
     print(f"  catboost predict_proba {native_s:6.2f} s")
     print(
