@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,9 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def upload_key(path: Path) -> str:
     """Where a local file is 'uploaded': by content, so the same file is uploaded once."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    from npf_loyalty.ingest import file_digest
+
+    digest = file_digest(path)[:12]
     return f"uploads/local/{digest}/{path.name}"
 
 

@@ -84,7 +84,7 @@ def ingest_object(store: Store, key: str, settings: Settings) -> IngestOutcome:
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="ingest-") as tmp:
         work = Path(tmp)
         raw = _local_copy(store, key, work)
-        digest = _sha256(raw)
+        digest = file_digest(raw)
         known = _find_manifest(store, digest)
         if known is not None:
             log.info("dump already ingested", extra=fields(key=key, digest=digest))
@@ -269,7 +269,8 @@ def _local_copy(store: Store, key: str, folder: Path) -> Path:
     return store.get_file(key, folder / key.replace("/", "__"))
 
 
-def _sha256(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in chunks: dumps are gigabytes."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(8 << 20):
