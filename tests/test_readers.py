@@ -15,7 +15,7 @@ import duckdb
 import openpyxl
 import pytest
 
-from npf_loyalty import schema
+from npf_loyalty import readers, schema
 from npf_loyalty.readers import (
     Dialect,
     DumpRejected,
@@ -111,6 +111,99 @@ def rejects(v: ValidatedTable) -> list[dict[str, str]]:
 
 def problems(v: ValidatedTable) -> list[tuple[int, str, str]]:
     return [(int(r["line"]), r["column"], r["reason"]) for r in rejects(v)]
+
+
+# --- one pass for a clean file ----------------------------------------------------------------
+
+
+def explained(
+    path: Path, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> ValidatedTable:
+    """The same file read as if the one-pass read had found a problem."""
+    with monkeypatch.context() as m:
+        m.setattr(readers, "_strict_pass", lambda *args: 0)
+        return read_dump(path, path.parent / f"explained_{path.name}", con)
+
+
+def clean_dialects(folder: Path) -> dict[str, Path]:
+    clients = [valid_row(CLIENTS, 1), valid_row(CLIENTS, 2, balance="0.25", churn="")]
+    ops = [valid_row(OPS, 1, npo_sum="1234.5"), valid_row(OPS, 2, npo_sum="-7")]
+    russian = [dict(r, npo_sum=r["npo_sum"].replace(".", ",")) for r in ops]
+    parquet = folder / "ops.parquet"
+    duckdb.sql(
+        f"COPY (SELECT * FROM read_csv('{write_csv(folder / 'p.csv', ops, sep=';')}', "
+        f"all_varchar = true)) TO '{parquet}' (FORMAT parquet)"
+    )
+    return {
+        "utf-8 ,": write_csv(folder / "clients.csv", clients),
+        "cp1251 ; decimal comma": write_csv(
+            folder / "ops.csv", russian, sep=";", encoding="cp1251"
+        ),
+        "parquet": parquet,
+    }
+
+
+@pytest.mark.parametrize("dialect", ["utf-8 ,", "cp1251 ; decimal comma", "parquet"])
+def test_a_clean_file_is_read_in_one_pass(
+    dialect: str, tmp_path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    v = read(clean_dialects(tmp_path)[dialect], con)
+    assert v.single_pass and v.rows_rejected == 0
+
+
+@pytest.mark.parametrize("dialect", ["utf-8 ,", "cp1251 ; decimal comma", "parquet"])
+def test_one_pass_writes_the_table_the_explaining_passes_write(
+    dialect: str,
+    tmp_path: Path,
+    con: duckdb.DuckDBPyConnection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = clean_dialects(tmp_path)[dialect]
+    once, slow = read(path, con), explained(path, con, monkeypatch)
+    assert once.single_pass and not slow.single_pass
+    described = "DESCRIBE SELECT * FROM read_parquet('{}')"
+    assert (
+        con.sql(described.format(once.clean_path)).fetchall()
+        == con.sql(described.format(slow.clean_path)).fetchall()
+    )
+    assert clean(once, con) == clean(slow, con)
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        {"age": "30.5"},  # the reader would round it into an integer column
+        {"pmnts_type": "7"},
+        {"quarter": "2020Q5"},
+        {"npo_account_id": "0x123"},
+        {"frst_pmnt_date": "2020-02-30"},
+    ],
+)
+def test_a_row_with_a_problem_sends_the_file_to_the_explaining_passes(
+    problem: dict[str, str], tmp_path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    rows = [valid_row(CLIENTS, 1), valid_row(CLIENTS, 2, **problem)]
+    v = read(write_csv(tmp_path / "d.csv", rows), con)
+    assert not v.single_pass
+    assert (v.rows_clean, v.rows_rejected) == (1, 1)
+
+
+def test_a_duplicate_key_sends_the_file_to_the_explaining_passes(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    v = read(write_csv(tmp_path / "d.csv", [valid_row(CLIENTS, 1), valid_row(CLIENTS, 1)]), con)
+    assert not v.single_pass
+    assert (v.rows_clean, v.rows_rejected) == (1, 1)
+
+
+def test_a_row_with_a_wrong_field_count_sends_the_file_to_the_explaining_passes(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    path = write_csv(tmp_path / "d.csv", [valid_row(OPS, 1), valid_row(OPS, 2)], sep=";")
+    path.write_text(path.read_text() + "1;2;3\n")
+    v = read(path, con)
+    assert not v.single_pass
+    assert (v.rows_clean, v.rows_rejected) == (2, 1)
 
 
 # --- dialects ------------------------------------------------------------------------------------

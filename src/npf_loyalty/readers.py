@@ -5,9 +5,10 @@ of them are reduced to the same thing — text columns with a line number — an
 generated from `schema`, so DuckDB does the work and no Python code loops over the rows of a
 CSV or parquet file (cp1251 is transcoded in chunks; XLSX is streamed by openpyxl).
 
-Two passes over the file: the first runs every check on every row and keeps only the bad
-rows with their reasons; the second converts the other rows into the clean parquet without
-re-checking them, which is cheap. A clean file and a file with a few bad rows cost the same.
+A clean file — the common case — is read once: the CSV reader parses numbers and dates itself,
+every check runs in the same SQL, and the first problem of any kind abandons the pass. Only then
+are the rows explained, in further passes: one finds duplicate keys, one runs every check on
+every row and keeps the bad rows with their reasons, one converts the other rows to parquet.
 
 A file that is not the contract at all (unknown table, missing columns, binary, empty) raises
 `DumpRejected`; a file that is the contract but has bad rows is accepted, and every bad row goes
@@ -99,6 +100,7 @@ class ValidatedTable:
     rejects_path: Path | None
     reasons: dict[str, int]
     ignored_columns: tuple[str, ...] = field(default=())
+    single_pass: bool = False  # clean, so read once (see _strict_pass)
 
 
 def validated_summary(v: ValidatedTable) -> dict[str, Any]:
@@ -111,6 +113,7 @@ def validated_summary(v: ValidatedTable) -> dict[str, Any]:
         "rows_rejected": v.rows_rejected,
         "reasons": dict(v.reasons),
         "ignored_columns": list(v.ignored_columns),
+        "single_pass": v.single_pass,
         "clean_file": v.clean_path.name,
         "rejects_file": v.rejects_path.name if v.rejects_path else None,
     }
@@ -277,6 +280,26 @@ class _Source:
         if ordinal:
             return f"(SELECT ordinality AS ord, {', '.join(cols)} FROM {scan} WITH ORDINALITY)"
         return f"(SELECT NULL::BIGINT AS ord, {', '.join(cols)} FROM {scan})"
+
+    def strict_relation(self, types: dict[str, str], decimal_comma: bool) -> str:
+        """SQL for c0…cN of a user CSV where any malformed row or unparseable typed value raises.
+
+        ``types`` gives the DuckDB type of some c{i} (the others are text): the CSV reader's own
+        parsers are several times faster than casting text in SQL.
+        """
+        assert self.user_csv and self.csv_path is not None
+        spec = [(f"c{i}", types.get(f"c{i}", "VARCHAR")) for i in range(len(self.names))]
+        columns = "{" + ", ".join(f"'{c}': '{t}'" for c, t in spec) + "}"
+        options = [
+            f"delim = {_lit(self.separator)}",
+            "quote = '\"'",
+            "escape = '\"'",
+            "header = true",
+            f"columns = {columns}",
+            "auto_detect = false",
+            f"decimal_separator = {_lit(',' if decimal_comma else '.')}",
+        ]
+        return f"(SELECT * FROM read_csv({_lit(str(self.csv_path))}, {', '.join(options)}))"
 
 
 def _lit(text: str) -> str:
@@ -445,6 +468,7 @@ class _Col:
     col: schema.Column
     j: int  # position in the schema (names the helper columns)
     raw: str  # c{i}: the column's text in the file
+    native: bool = False  # c{i} was typed by the CSV reader itself (see NATIVE_TYPES)
 
     @property
     def t(self) -> str:
@@ -464,6 +488,8 @@ class _Col:
 
     def _parse_sql(self, comma_is_decimal: bool) -> str:
         c = self.raw
+        if self.native:
+            return c
         trimmed = f"trim({c})"
         match self.col.kind:
             case schema.Kind.INT | schema.Kind.FLOAT:
@@ -529,7 +555,11 @@ class _Col:
         c, t = self.col, self.t
         value = f"trim({self.raw})"
         quoted = f"'«' || {value} || '»'"
-        empty = f"{t} IS NULL AND ({self.raw} IS NULL OR {value} = '')"
+        empty = (
+            f"{t} IS NULL"
+            if self.native
+            else f"{t} IS NULL AND ({self.raw} IS NULL OR {value} = '')"
+        )
         kind = None if c.nullable else "пустое значение в обязательном поле"
         out = [_Check(empty, kind, _lit(kind or ""))]
         number = c.kind in (schema.Kind.INT, schema.Kind.FLOAT)
@@ -686,25 +716,33 @@ def _validate(
     repeated = sorted({n for n in normalised if n in table.names and normalised.count(n) > 1})
     if repeated:
         raise DumpRejected("столбцы повторяются в заголовке", [", ".join(repeated)])
-    position = {n: i for i, n in enumerate(normalised)}
-    cols = [
-        _Col(c, j, f"c{position[c.name]}")
-        for j, c in enumerate(table.columns)
-        if c.name in position
-    ]
+    position = {n: f"c{i}" for i, n in enumerate(normalised)}
     ignored = tuple(
         source.names[i] or f"(без имени, столбец {i + 1})"
         for i, n in enumerate(normalised)
         if n not in table.names
     )
-    by_name = {c.col.name: c for c in cols}
-    cross, derived = _cross_checks(table, by_name)
-    checks = {c.j: c.checks(cross.get(c.col.name, [])) for c in cols}
-    plan = _Plan(cols, checks, derived, dialect.comma_is_decimal)
-    key = [by_name[k] for k in table.key]
     clean_path = work_dir / f"{table.name}.parquet"
     rejects_path = work_dir / f"{table.name}.rejects.csv"
     rejects_path.unlink(missing_ok=True)
+    written = _strict_pass(source, dialect, table, position, clean_path, con)
+    if written:
+        return ValidatedTable(
+            table=table,
+            dialect=dialect,
+            clean_path=clean_path,
+            rows_total=written,
+            rows_clean=written,
+            rows_rejected=0,
+            rejects_path=None,
+            reasons={},
+            ignored_columns=ignored,
+            single_pass=True,
+        )
+    plan = _make_plan(table, position, dialect.comma_is_decimal)
+    cols = plan.cols
+    by_name = {c.col.name: c for c in cols}
+    key = [by_name[k] for k in table.key]
 
     # 1. duplicate keys, among rows whose key values are valid: later occurrences are rejected
     if key:
@@ -784,6 +822,81 @@ def _validate(
         reasons=reasons,
         ignored_columns=ignored,
     )
+
+
+def _make_plan(
+    table: schema.Table,
+    position: dict[str, str],
+    comma_is_decimal: bool,
+    native: frozenset[str] = frozenset(),
+) -> _Plan:
+    """The parse and checks of every contract column present (``position``: name → c{i})."""
+    cols = [
+        _Col(c, j, position[c.name], native=position[c.name] in native)
+        for j, c in enumerate(table.columns)
+        if c.name in position
+    ]
+    cross, derived = _cross_checks(table, {c.col.name: c for c in cols})
+    checks = {c.j: c.checks(cross.get(c.col.name, [])) for c in cols}
+    return _Plan(cols, checks, derived, comma_is_decimal)
+
+
+#: Kinds the CSV reader parses itself in the strict pass. Integers are read as DOUBLE: the
+#: reader would round "1.5" into an integer column, and validation must reject it instead.
+NATIVE_TYPES = {schema.Kind.INT: "DOUBLE", schema.Kind.FLOAT: "DOUBLE", schema.Kind.DATE: "DATE"}
+
+
+def _strict_pass(
+    source: _Source,
+    dialect: Dialect,
+    table: schema.Table,
+    position: dict[str, str],
+    clean_path: Path,
+    con: duckdb.DuckDBPyConnection,
+) -> int:
+    """The common case in one read: every row valid, written straight to the clean parquet.
+
+    The first problem of any kind (a row of the wrong shape, a value the reader cannot parse,
+    a failed check, a duplicate key) abandons the pass: 0 is returned, nothing is kept, and
+    the caller runs the checks that find and explain every bad row. A clean file is read once;
+    a file with bad rows pays for both. The checks are the same SQL either way, so a row the
+    explaining pass would reject never gets through here.
+    """
+    if source.shape_rows:
+        return 0
+    if source.user_csv:
+        native = {
+            position[c.name]: NATIVE_TYPES[c.kind]
+            for c in table.columns
+            if c.name in position and c.kind in NATIVE_TYPES
+        }
+        plan = _make_plan(table, position, dialect.comma_is_decimal, frozenset(native))
+        relation = source.strict_relation(native, dialect.decimal_comma)
+    else:
+        plan = _make_plan(table, position, dialect.comma_is_decimal)
+        relation = source.relation(ordinal=False)
+    outputs = ", ".join(
+        f"CAST({c.t} AS {c.col.duckdb_type}) AS {_ident(c.col.name)}" for c in plan.cols
+    )
+    guard = f"CASE WHEN {plan.ok} THEN TRUE ELSE error('a row fails validation') END"
+    try:
+        row = con.execute(
+            f"COPY (SELECT {outputs} FROM {plan.checked(relation)} WHERE {guard}) "
+            f"TO {_lit(str(clean_path))} (FORMAT parquet, COMPRESSION snappy)"
+        ).fetchone()
+        written = int(row[0]) if row else 0
+        if written and table.key:
+            keys = ", ".join(_ident(k) for k in table.key)
+            duplicate = con.execute(
+                f"SELECT 1 FROM read_parquet({_lit(str(clean_path))}) "
+                f"GROUP BY {keys} HAVING count(*) > 1 LIMIT 1"
+            ).fetchone()
+            written = 0 if duplicate else written
+    except duckdb.Error:  # the message may quote the row: personal data, so it is not logged
+        written = 0
+    if not written:
+        clean_path.unlink(missing_ok=True)
+    return written
 
 
 def _scalar_text(con: duckdb.DuckDBPyConnection, sql: str) -> str:
