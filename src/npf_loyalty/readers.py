@@ -785,13 +785,13 @@ def _validate(
         if (n_bad or n_shape) and source.user_csv and source.physical_lines is None:
             assert source.csv_path is not None
             counting = pool.submit(_count_lines, source.csv_path)
-        written = con.execute(
+        copied = con.execute(
             f"COPY (SELECT {converted} FROM {relation}) "
             f"TO {_lit(str(clean_path))} (FORMAT parquet, COMPRESSION snappy)"
         ).fetchone()
         if counting is not None:
             source.physical_lines = counting.result()
-    rows_clean = int(written[0]) if written else 0
+    rows_clean = int(copied[0]) if copied else 0
     reasons: dict[str, int] = {
         str(kind): int(count)
         for kind, count in con.execute(
