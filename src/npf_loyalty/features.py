@@ -448,11 +448,29 @@ def _build_windows(con: duckdb.DuckDBPyConnection, sources: FeatureSources, chur
     The table's name is unique to this call, so a relation built earlier keeps its own.
     """
     name = f"npf_windows_{uuid.uuid4().hex[:12]}"
+    depth = {"contrib": LOOKBACK_QUARTERS, "income": 4, "contrib_count": 3}
     lags = ",\n           ".join(
         f"lag({c}_q, {k}, 0) OVER w AS {c}_lag{k}"
-        for c in ("contrib", "income")
-        for k in range(1, 5)
+        for c, n in depth.items()
+        for k in range(1, n + 1)
     )
+
+    def total(column: str, first: int, last: int) -> str:
+        """Sum over quarters t−last..t−first from the lags (0 is the quarter itself)."""
+        terms = [f"{column}_q" if k == 0 else f"{column}_lag{k}" for k in range(first, last + 1)]
+        return " + ".join(terms)
+
+    sums = {
+        "contrib_4q": total("contrib", 0, 3),
+        "contrib_8q": total("contrib", 0, 7),
+        "contrib_prev_4q": total("contrib", 4, 7),
+        "contrib_count_4q": total("contrib_count", 0, 3),
+        "income_4q": total("income", 0, 3),
+        "contrib_t5_t2": total("contrib", 2, 5),
+        "contrib_count_t1_t": total("contrib_count", 0, 1),
+    }
+    extra_lags = [f"contrib_lag{k}" for k in range(5, LOOKBACK_QUARTERS + 1)]
+    extra_lags += [f"contrib_count_lag{k}" for k in range(1, 4)]
     _run(
         con,
         f"""CREATE TEMP TABLE {name} AS
@@ -525,14 +543,8 @@ timeline AS (  -- the grid with the quarter's operations and, where there is one
 ),
 panel_windows AS (  -- calendar lags and windows at the panel rows; only labels look forward
     SELECT panel_row, account_no, quarter_idx, contrib_q, contrib_count_q, income_q,
+           -- window sums as sums of lags: a lag is a copy, a framed sum a segment tree
            {lags},
-           sum(contrib_q) OVER ({_rows(3)}) AS contrib_4q,
-           sum(contrib_q) OVER ({_rows(7)}) AS contrib_8q,
-           coalesce(sum(contrib_q) OVER ({_rows(7, 4)}), 0) AS contrib_prev_4q,
-           sum(contrib_count_q) OVER ({_rows(3)}) AS contrib_count_4q,
-           sum(income_q) OVER ({_rows(3)}) AS income_4q,
-           coalesce(sum(contrib_q) OVER ({_rows(5, 2)}), 0) AS contrib_t5_t2,
-           sum(contrib_count_q) OVER ({_rows(1)}) AS contrib_count_t1_t,
            max(last_contrib_date) OVER (w ROWS UNBOUNDED PRECEDING) AS last_contrib_date,
            max(contrib_quarter) OVER (w ROWS UNBOUNDED PRECEDING) AS last_contrib_quarter,
            lag(balance, 1) OVER w AS balance_lag1,
@@ -545,7 +557,8 @@ panel_windows AS (  -- calendar lags and windows at the panel rows; only labels 
     WINDOW w AS (PARTITION BY account_no ORDER BY quarter_idx)
     QUALIFY panel_row IS NOT NULL
 )
-SELECT w.* EXCLUDE (account_no, last_contrib_date, last_contrib_quarter),
+SELECT w.* EXCLUDE (account_no, last_contrib_date, last_contrib_quarter, {", ".join(extra_lags)}),
+       {", ".join(f"{sql} AS {name}" for name, sql in sums.items())},
        coalesce(w.last_contrib_date, h.last_contrib_date) AS last_contrib_date,
        coalesce(w.last_contrib_quarter, h.last_contrib_quarter) AS last_contrib_quarter,
        s.first_quarter, s.last_panel_quarter, s.exit_quarter
