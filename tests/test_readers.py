@@ -134,7 +134,14 @@ def clean_dialects(folder: Path) -> dict[str, Path]:
         f"COPY (SELECT * FROM read_csv('{write_csv(folder / 'p.csv', ops, sep=';')}', "
         f"all_varchar = true)) TO '{parquet}' (FORMAT parquet)"
     )
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    for line in [list(OPS.names), *([r[n] for n in OPS.names] for r in ops)]:
+        sheet.append(line)
+    book.save(folder / "ops.xlsx")
     return {
+        "xlsx": folder / "ops.xlsx",
         "utf-8 ,": write_csv(folder / "clients.csv", clients),
         "cp1251 ; decimal comma": write_csv(
             folder / "ops.csv", russian, sep=";", encoding="cp1251"
@@ -143,7 +150,7 @@ def clean_dialects(folder: Path) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("dialect", ["utf-8 ,", "cp1251 ; decimal comma", "parquet"])
+@pytest.mark.parametrize("dialect", ["utf-8 ,", "cp1251 ; decimal comma", "parquet", "xlsx"])
 def test_a_clean_file_is_read_in_one_pass(
     dialect: str, tmp_path: Path, con: duckdb.DuckDBPyConnection
 ) -> None:
@@ -151,7 +158,7 @@ def test_a_clean_file_is_read_in_one_pass(
     assert v.single_pass and v.rows_rejected == 0
 
 
-@pytest.mark.parametrize("dialect", ["utf-8 ,", "cp1251 ; decimal comma", "parquet"])
+@pytest.mark.parametrize("dialect", ["utf-8 ,", "cp1251 ; decimal comma", "parquet", "xlsx"])
 def test_one_pass_writes_the_table_the_explaining_passes_write(
     dialect: str,
     tmp_path: Path,
