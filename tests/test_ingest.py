@@ -60,6 +60,43 @@ def test_features_wait_until_the_transactions_arrive(
     assert local_store.current(Keys.features) is None
 
 
+def without_last_quarter(path: Path, folder: Path) -> tuple[Path, str]:
+    """A copy of a synthetic dump missing the rows of its last quarter, and that quarter."""
+    header, *rows = path.read_text(encoding="utf-8").splitlines()
+    separator = ";" if header.count(";") > header.count(",") else ","
+    position = header.split(separator).index("quarter")
+    last = max(row.split(separator)[position] for row in rows)
+    kept = [row for row in rows if row.split(separator)[position] != last]
+    folder.mkdir(exist_ok=True)
+    copy = folder / path.name
+    copy.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
+    return copy, last
+
+
+def test_features_wait_while_the_operations_end_before_the_panel(
+    local_store: Store, dumps: dict[str, Path], settings: Settings, tmp_path: Path
+) -> None:
+    short_ops, last = without_last_quarter(dumps["trnsctns"], tmp_path / "short")
+    ingest_object(local_store, upload(local_store, dumps["clnts_fin_prtrt"]), settings)
+    outcome = ingest_object(local_store, upload(local_store, short_ops, "old"), settings)
+    assert outcome.status == "accepted"
+    assert outcome.waiting_for and outcome.waiting_for[0].startswith(f"trnsctns up to {last}")
+    assert local_store.current(Keys.features) is None
+    complete = ingest_object(local_store, upload(local_store, dumps["trnsctns"]), settings)
+    assert complete.waiting_for == []
+    assert complete.features is not None and complete.features.built
+
+
+def test_features_do_not_wait_when_the_operations_run_past_the_panel(
+    local_store: Store, dumps: dict[str, Path], settings: Settings, tmp_path: Path
+) -> None:
+    short_panel, _ = without_last_quarter(dumps["clnts_fin_prtrt"], tmp_path / "short")
+    ingest_object(local_store, upload(local_store, short_panel), settings)
+    outcome = ingest_object(local_store, upload(local_store, dumps["trnsctns"]), settings)
+    assert outcome.waiting_for == []
+    assert outcome.features is not None and outcome.features.built
+
+
 def test_the_same_upload_processed_twice_changes_nothing(
     local_store: Store, dumps: dict[str, Path], settings: Settings
 ) -> None:

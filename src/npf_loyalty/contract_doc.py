@@ -18,6 +18,10 @@ the two disagree.
   decimal comma with `;`), XLSX (first sheet), parquet.
 - Each upload is a **full snapshot** of its table: a new `clnts_fin_prtrt` replaces the
   previous one as the input of the features. Uploading the same bytes again changes nothing.
+- The features are rebuilt once `clnts_fin_prtrt` and `trnsctns` are both there, and wait
+  while the operations end before the panel's last quarter (a new quarter's panel with last
+  quarter's operations would make every client look as if they had stopped paying). Upload
+  the three tables of a quarter together, `trnsctns` last if you can: then they are built once.
 - Upload under `uploads/` (any sub-folder). The raw file is kept as it is, never modified or
   deleted.
 - Rows that break the contract go to `quarantine/<table>/<digest>/rejected_rows.csv` (source

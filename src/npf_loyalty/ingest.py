@@ -12,7 +12,9 @@ Why a crash leaves nothing half-visible: every multi-file result is written into
 version folder and becomes visible only when its pointer (or manifest) is written, last.
 
 Dumps are full snapshots: a new `clnts_fin_prtrt` replaces the previous one as the input of the
-features (see docs/data-contract.md).
+features (see docs/data-contract.md). The features wait while the operations end before the
+panel's last quarter: built from a new panel and last quarter's operations, every account
+would look as if it had stopped paying, and scoring would raise a false alarm fund-wide.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class IngestOutcome:
     reasons: dict[str, int] = field(default_factory=dict)
     report: str = ""  # readable text for a person (rejections and quarantine)
     quarantine: str | None = None  # where the report and rejected rows are
-    waiting_for: list[str] = field(default_factory=list)  # tables still missing for features
+    waiting_for: list[str] = field(default_factory=list)  # what the features still wait for
     features: FeaturesOutcome | None = None
 
     @property
@@ -92,8 +94,10 @@ def ingest_object(store: Store, key: str, settings: Settings) -> IngestOutcome:
         else:
             outcome = _validate_and_keep(store, key, raw, digest, work, settings)
         if outcome.status != "rejected":
-            outcome.waiting_for = missing_tables(store)
-            if not outcome.waiting_for:
+            outcome.waiting_for = waiting_for(store)
+            if outcome.waiting_for:
+                log.info("features wait", extra=fields(key=key, waiting_for=outcome.waiting_for))
+            else:
                 outcome.features = refresh_features(store, settings)
     return outcome
 
@@ -105,6 +109,7 @@ def _validate_and_keep(
     con = connect(settings)
     try:
         validated = read_dump(raw, work, con, name_hint=name)
+        last_quarter = _last_quarter(con, validated)
     except DumpRejected as rejection:
         return _reject(store, key, digest, rejection)
     finally:
@@ -120,6 +125,7 @@ def _validate_and_keep(
         "source": key,
         "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "quarantine": quarantine,
+        "last_quarter": last_quarter,
         **validated_summary(validated),
     }
     store.put_json(Keys.clean_manifest(table, digest), manifest)  # the commit point
@@ -199,9 +205,39 @@ def _find_manifest(store: Store, digest: str) -> dict[str, Any] | None:
     return None
 
 
-def missing_tables(store: Store) -> list[str]:
-    """Tables the features need that have no accepted dump yet."""
-    return [t for t in schema.REQUIRED_FOR_FEATURES if store.current(f"{Keys.clean}{t}/") is None]
+def _last_quarter(con: Any, validated: ValidatedTable) -> str | None:
+    """The table's latest quarter ("2017Q4" sorts as text), if it has a quarter column."""
+    if "quarter" not in validated.table.names or not validated.rows_clean:
+        return None
+    row = con.execute(
+        f"SELECT max(quarter) FROM read_parquet('{validated.clean_path.as_posix()}')"
+    ).fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
+def waiting_for(store: Store) -> list[str]:
+    """What the features wait for: a required table never uploaded, or operations that end
+    before the panel does (the dump that brings them is probably on its way)."""
+    missing = [
+        t for t in schema.REQUIRED_FOR_FEATURES if store.current(f"{Keys.clean}{t}/") is None
+    ]
+    if missing:
+        return missing
+    panel, operations = (
+        _current_manifest(store, table).get("last_quarter")
+        for table in (schema.CLIENTS_QUARTERLY.name, schema.TRANSACTIONS.name)
+    )
+    if panel and operations and operations < panel:
+        return [f"{schema.TRANSACTIONS.name} up to {panel} (the current dump ends at {operations})"]
+    return []
+
+
+def _current_manifest(store: Store, table: str) -> dict[str, Any]:
+    pointer = store.current(f"{Keys.clean}{table}/")
+    if pointer is None:
+        return {}
+    manifest: dict[str, Any] = store.get_json(Keys.clean_manifest(table, pointer["version"]))
+    return manifest
 
 
 def refresh_features(store: Store, settings: Settings) -> FeaturesOutcome:
