@@ -215,6 +215,13 @@ def feats(scenario_sources: FeatureSources) -> dict[tuple[str, int], dict[str, A
 # --- shape -----------------------------------------------------------------------------------
 
 
+def test_the_panel_must_be_one_file(scenario_sources: FeatureSources) -> None:
+    folder = Path(scenario_sources.clients).parent
+    glob = FeatureSources(str(folder / "*.parquet"), scenario_sources.transactions)
+    with pytest.raises(ValueError, match="one parquet file"):
+        feature_query(duckdb.connect(), glob)
+
+
 def test_columns_and_types_are_exactly_the_schema(scenario_sources: FeatureSources) -> None:
     rel = feature_query(duckdb.connect(), scenario_sources)
     assert rel.columns == [f.name for f in FEATURES]
@@ -295,6 +302,18 @@ def test_quarters_without_contrib_since_the_last_contribution(feats: dict) -> No
 def test_quarters_without_contrib_counts_from_the_first_quarter_if_never_paid(feats: dict) -> None:
     assert feats[C, 8080]["quarters_without_contrib"] == 1.0
     assert feats[C, 8083]["quarters_without_contrib"] == 4.0
+
+
+def test_contributions_that_cancel_out_are_not_a_payment_to_stop(tmp_path: Path) -> None:
+    quarters = list(range(8080, 8087))
+    ops = [  # t−4..t−2 of 8086 sum to exactly 0: in floating point 0.1 + 0.2 − 0.3 is 2.8e-17
+        operation(A, quarter_end(8082), 0.1, 1),
+        operation(A, quarter_end(8083), 0.2, 1),
+        operation(A, quarter_end(8084), -0.3, 1),
+    ]
+    rows = build(sources(tmp_path, [client(A, q) for q in quarters], ops))
+    assert rows[A, 8086]["contrib_8q"] == 0.0
+    assert rows[A, 8086]["stopped_paying"] == 0
 
 
 def test_stopped_paying_after_two_quarters_without_contribution(feats: dict) -> None:

@@ -184,6 +184,8 @@ def test_one_pass_writes_the_table_the_explaining_passes_write(
         {"quarter": "2020Q5"},
         {"npo_account_id": "0x123"},
         {"frst_pmnt_date": "2020-02-30"},
+        {"frst_pmnt_date": "2020-01-05 garbage"},  # the reader alone would keep 2020-01-05
+        {"lst_pmnt_date_per_qrtr": "2020-01-05Z"},
     ],
 )
 def test_a_row_with_a_problem_sends_the_file_to_the_explaining_passes(
@@ -604,6 +606,17 @@ def test_binary_garbage_is_rejected_whole(tmp_path: Path, con: duckdb.DuckDBPyCo
     path.write_bytes(bytes(range(256)) * 64)
     with pytest.raises(DumpRejected, match="двоичный"):
         read(path, con)
+
+
+def test_a_csv_the_parser_cannot_split_into_lines_is_rejected_with_a_reason(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    path = write_csv(tmp_path / "d.csv", [valid_row(CLIENTS, n) for n in range(1, 5)])
+    header, first, second, *rest = path.read_text().split("\n")
+    path.write_text(f"{header}\r\n{first}\n{second}\r\n" + "\n".join(rest))
+    with pytest.raises(DumpRejected, match="не разбирается как CSV") as rejected:
+        read(path, con)
+    assert "CRLF или LF" in rejected.value.report()
 
 
 def test_empty_file_is_rejected(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:

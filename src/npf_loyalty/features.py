@@ -111,10 +111,11 @@ ROW_GROUP_SIZE = 100_000
 
 @dataclass(frozen=True)
 class FeatureSources:
-    """Where the clean (validated) parquet inputs are: a path or a glob each."""
+    """Where the clean (validated) parquet inputs are."""
 
-    clients: str  # clnts_fin_prtrt: one file (its row numbers key the windows)
-    transactions: str  # trnsctns
+    clients: str  # clnts_fin_prtrt: one file, unchanged while its relation is read (its row
+    #               numbers key the windows to the rows)
+    transactions: str  # trnsctns: a path or a glob
     contributors: str | None = None  # cntrbtrs; None: pension_scheme is −1 everywhere
 
 
@@ -211,7 +212,7 @@ def _prepare_geo(con: duckdb.DuckDBPyConnection) -> None:
     _run(
         con,
         f"""CREATE TEMP TABLE IF NOT EXISTS {GEO_TABLE} (
-                geo_id INTEGER UNIQUE, region_text VARCHAR, postal_prefix VARCHAR, region VARCHAR,
+                region_text VARCHAR, postal_prefix VARCHAR, region VARCHAR,
                 federal_district VARCHAR, federal_district_code INTEGER, region_source VARCHAR,
                 lat DOUBLE, lon DOUBLE, PRIMARY KEY (region_text, postal_prefix))""",
     )
@@ -224,8 +225,7 @@ def _prepare_geo(con: duckdb.DuckDBPyConnection) -> None:
             new_keys AS (
                 SELECT * FROM dump_keys ANTI JOIN {GEO_TABLE} USING (region_text, postal_prefix)
             )
-            SELECT (SELECT coalesce(max(geo_id), 0) FROM {GEO_TABLE}) + row_number() OVER (),
-                   k.region_text, k.postal_prefix,
+            SELECT k.region_text, k.postal_prefix,
                    coalesce(rr.region, {unknown}),
                    coalesce(rr.federal_district, {unknown}),
                    coalesce(list_position([{districts}], rr.federal_district) - 1, -1),
@@ -317,7 +317,7 @@ QUARTER_END = "last_day(make_date(p.quarter_idx // 4, p.quarter_idx % 4 * 3 + 3,
 def _feature_expressions(dump_last_quarter: int | None) -> dict[str, str]:
     """Each feature's SQL over the final join.
 
-    Aliases: p = panel row, w = its calendar windows, m = macro of the quarter, g = geography,
+    Aliases: p = panel row with its calendar windows, m = macro of the quarter, g = geography,
     s = contributors.
     """
     pension_age = " ".join(f"WHEN {g} THEN {a}" for g, a in PENSION_AGE.items())
@@ -397,6 +397,8 @@ def feature_query(
     never carries the ~40 panel columns it does not read: sorting and copying them was most
     of its cost. Rows come in no particular order.
     """
+    if any(wildcard in sources.clients for wildcard in "*?["):
+        raise ValueError(f"clients must be one parquet file, not a glob: {sources.clients}")
     reference.register(con)
     _scan_dump_keys(con, sources.clients)
     _prepare_geo(con)
@@ -469,8 +471,17 @@ def _build_windows(con: duckdb.DuckDBPyConnection, sources: FeatureSources, chur
         "contrib_t5_t2": total("contrib", 2, 5),
         "contrib_count_t1_t": total("contrib_count", 0, 1),
     }
-    extra_lags = [f"contrib_lag{k}" for k in range(5, LOOKBACK_QUARTERS + 1)]
-    extra_lags += [f"contrib_count_lag{k}" for k in range(1, 4)]
+    # Money stays in whole kopecks (BIGINT) up to the last select: sums of integers are exact
+    # in any order, and "contributions above 0" is never a rounding residue of +x and −x.
+    money = ["contrib_q", "income_q"]
+    money += [f"{c}_lag{k}" for c in ("contrib", "income") for k in range(1, 5)]
+    money_sums = [name for name in sums if not name.startswith("contrib_count")]
+    dropped = [f"contrib_lag{k}" for k in range(5, LOOKBACK_QUARTERS + 1)]
+    dropped += [f"contrib_count_lag{k}" for k in range(1, 4)]
+    outputs = [f"w.{c} / 100 AS {c}" for c in money]
+    outputs += [
+        f"({sql}) / 100 AS {n}" if n in money_sums else f"{sql} AS {n}" for n, sql in sums.items()
+    ]
     _run(
         con,
         f"""CREATE TEMP TABLE {name} AS
@@ -491,9 +502,9 @@ ops_by_quarter AS MATERIALIZED (  -- operations per account and calendar quarter
                  CAST(year(npo_oprtn_date) * 4 + quarter(npo_oprtn_date) - 1 AS INTEGER)
                      AS quarter_idx,
                  -- in whole kopecks: integer sums are exact, so every run gives the same bits
-                 sum(CASE WHEN npo_oprtn_grp = 1 THEN {KOPECKS} ELSE 0 END) / 100 AS contrib_q,
+                 sum(CASE WHEN npo_oprtn_grp = 1 THEN {KOPECKS} ELSE 0 END) AS contrib_q,
                  CAST(count_if(npo_oprtn_grp = 1) AS INTEGER) AS contrib_count_q,
-                 sum(CASE WHEN npo_oprtn_grp = 0 THEN {KOPECKS} ELSE 0 END) / 100 AS income_q,
+                 sum(CASE WHEN npo_oprtn_grp = 0 THEN {KOPECKS} ELSE 0 END) AS income_q,
                  max(CASE WHEN npo_oprtn_grp = 1 THEN npo_oprtn_date END) AS last_contrib_date
           FROM {_read(sources.transactions)} AS o
           GROUP BY ALL) AS o
@@ -557,8 +568,9 @@ panel_windows AS (  -- calendar lags and windows at the panel rows; only labels 
     WINDOW w AS (PARTITION BY account_no ORDER BY quarter_idx)
     QUALIFY panel_row IS NOT NULL
 )
-SELECT w.* EXCLUDE (account_no, last_contrib_date, last_contrib_quarter, {", ".join(extra_lags)}),
-       {", ".join(f"{sql} AS {name}" for name, sql in sums.items())},
+SELECT w.* EXCLUDE (account_no, last_contrib_date, last_contrib_quarter,
+                   {", ".join([*money, *dropped])}),
+       {", ".join(outputs)},
        coalesce(w.last_contrib_date, h.last_contrib_date) AS last_contrib_date,
        coalesce(w.last_contrib_quarter, h.last_contrib_quarter) AS last_contrib_quarter,
        s.first_quarter, s.last_panel_quarter, s.exit_quarter

@@ -298,6 +298,9 @@ class _Source:
             f"columns = {columns}",
             "auto_detect = false",
             f"decimal_separator = {_lit(',' if decimal_comma else '.')}",
+            # without a format the reader takes a date from the start of the field and drops
+            # the rest ("2020-01-05 garbage"); TRY_CAST in the explaining passes rejects it
+            "dateformat = '%Y-%m-%d'",
         ]
         return f"(SELECT * FROM read_csv({_lit(str(self.csv_path))}, {', '.join(options)}))"
 
@@ -694,7 +697,20 @@ def read_dump(
         fence = ",".join(x for x in (disabled, "filter_pushdown") if x)
         con.execute(f"SET disabled_optimizers = {_lit(fence)}")
         source = _open_source(path, dialect, tmp, con)
-        return _validate(source, dialect, work_dir, con, name_hint or path.name, names)
+        try:
+            return _validate(source, dialect, work_dir, con, name_hint or path.name, names)
+        except duckdb.InvalidInputException as error:
+            if "CSV" not in str(error):
+                raise
+            # e.g. CRLF and LF line ends mixed in one file: DuckDB's parser gives up on it
+            raise DumpRejected(
+                "файл не разбирается как CSV",
+                [
+                    "проверьте, что все строки кончаются одинаково (CRLF или LF) "
+                    "и что кавычки закрыты",
+                    str(error).splitlines()[0],
+                ],
+            ) from None
     finally:
         con.execute(f"SET disabled_optimizers = {_lit(disabled)}")
         for name in names.values():
