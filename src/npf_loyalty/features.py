@@ -85,14 +85,6 @@ KOPECKS = "CAST(round(o.npo_sum * 100) AS BIGINT)"
 #: The deepest calendar look-back of any window: contrib_8q and contrib_trend reach t−7.
 LOOKBACK_QUARTERS = 7
 
-#: Panel columns the features read (the rest of clnts_fin_prtrt is not used).
-PANEL_COLUMNS = (
-    *("client_id", "npo_account_id", "quarter", "balance", "clnt_cprtn_time_d", "age"),
-    *("gender", "pmnts_type", "npo_accnts_nmbr", "phone_number", "email", "lk"),
-    *("assignee_npo", "assignee_ops", "citizen", "fact_addrss", "appl_mrkr"),
-    *("evry_qrtr_pmnt", "mgd_accum_period", "mgd_payment_period", "postal_code", "region"),
-)
-
 #: Panel columns copied into the feature table unchanged (cast to DOUBLE).
 PASSTHROUGH = (
     *("balance", "age", "gender", "pmnts_type", "npo_accnts_nmbr", "phone_number", "email"),
