@@ -644,17 +644,35 @@ class _Plan:
     derived: list[str]  # per-row values the cross-checks share
     comma_is_decimal: bool
 
+    def parsed(self, relation: str) -> str:
+        """(ord, c0…cN, t*): the typed values, and the derived ones the cross-checks share."""
+        parsed = ", ".join(c.parsed(self.comma_is_decimal) for c in self.cols)
+        inner = f"(SELECT *, {parsed} FROM {relation})"
+        if self.derived:
+            inner = f"(SELECT *, {', '.join(self.derived)} FROM {inner})"
+        return inner
+
     def checked(self, relation: str) -> str:
         """(ord, c0…cN, t*, k*): typed values and the kind of each column's first problem."""
-        parsed = ", ".join(c.parsed(self.comma_is_decimal) for c in self.cols)
         kinds = ", ".join(
             _case([(ch.when, _lit(ch.kind) if ch.kind else "NULL") for ch in self.checks[c.j]], c.k)
             for c in self.cols
         )
-        inner = f"(SELECT *, {parsed} FROM {relation})"
-        if self.derived:
-            inner = f"(SELECT *, {', '.join(self.derived)} FROM {inner})"
-        return f"(SELECT *, {kinds} FROM {inner})"
+        return f"(SELECT *, {kinds} FROM {self.parsed(relation)})"
+
+    @property
+    def valid(self) -> str:
+        """SQL true when every column passes: the same checks as `checked`, as booleans."""
+        columns = [
+            "CASE "
+            + " ".join(
+                f"WHEN {ch.when} THEN {'FALSE' if ch.kind else 'TRUE'}" for ch in self.checks[c.j]
+            )
+            + " ELSE TRUE END"
+            for c in self.cols
+            if self.checks[c.j]
+        ]
+        return " AND ".join(f"({x})" for x in columns) or "TRUE"
 
     @property
     def ok(self) -> str:
@@ -894,10 +912,10 @@ def _strict_pass(
     outputs = ", ".join(
         f"CAST({c.t} AS {c.col.duckdb_type}) AS {_ident(c.col.name)}" for c in plan.cols
     )
-    guard = f"CASE WHEN {plan.ok} THEN TRUE ELSE error('a row fails validation') END"
+    guard = f"CASE WHEN {plan.valid} THEN TRUE ELSE error('a row fails validation') END"
     try:
         row = con.execute(
-            f"COPY (SELECT {outputs} FROM {plan.checked(relation)} WHERE {guard}) "
+            f"COPY (SELECT {outputs} FROM {plan.parsed(relation)} WHERE {guard}) "
             f"TO {_lit(str(clean_path))} (FORMAT parquet, COMPRESSION snappy)"
         ).fetchone()
         written = int(row[0]) if row else 0
