@@ -258,15 +258,7 @@ class _Source:
             )
         assert self.csv_path is not None
         spec = ([("ord", "BIGINT")] if self.line_column else []) + [(c, "VARCHAR") for c in cols]
-        columns = "{" + ", ".join(f"'{c}': '{t}'" for c, t in spec) + "}"
-        options = [
-            f"delim = {_lit(self.separator)}",
-            "quote = '\"'",
-            "escape = '\"'",
-            "header = true",
-            f"columns = {columns}",
-            "auto_detect = false",
-        ]
+        options = self._csv_options(spec)
         if not self.line_column:
             if rejects:
                 table, scan = rejects
@@ -281,6 +273,18 @@ class _Source:
             return f"(SELECT ordinality AS ord, {', '.join(cols)} FROM {scan} WITH ORDINALITY)"
         return f"(SELECT NULL::BIGINT AS ord, {', '.join(cols)} FROM {scan})"
 
+    def _csv_options(self, spec: list[tuple[str, str]]) -> list[str]:
+        """read_csv options shared by every read of the file: its dialect and (name, type)s."""
+        columns = "{" + ", ".join(f"'{c}': '{t}'" for c, t in spec) + "}"
+        return [
+            f"delim = {_lit(self.separator)}",
+            "quote = '\"'",
+            "escape = '\"'",
+            "header = true",
+            f"columns = {columns}",
+            "auto_detect = false",
+        ]
+
     def strict_relation(self, types: dict[str, str], decimal_comma: bool) -> str:
         """SQL for c0…cN of a user CSV where any malformed row or unparseable typed value raises.
 
@@ -289,14 +293,8 @@ class _Source:
         """
         assert self.user_csv and self.csv_path is not None
         spec = [(f"c{i}", types.get(f"c{i}", "VARCHAR")) for i in range(len(self.names))]
-        columns = "{" + ", ".join(f"'{c}': '{t}'" for c, t in spec) + "}"
         options = [
-            f"delim = {_lit(self.separator)}",
-            "quote = '\"'",
-            "escape = '\"'",
-            "header = true",
-            f"columns = {columns}",
-            "auto_detect = false",
+            *self._csv_options(spec),
             f"decimal_separator = {_lit(',' if decimal_comma else '.')}",
             # without a format the reader takes a date from the start of the field and drops
             # the rest ("2020-01-05 garbage"); TRY_CAST in the explaining passes rejects it
