@@ -222,10 +222,17 @@ def test_the_panel_must_be_one_file(scenario_sources: FeatureSources) -> None:
         feature_query(duckdb.connect(), glob)
 
 
-def test_columns_and_types_are_exactly_the_schema(scenario_sources: FeatureSources) -> None:
+def test_written_columns_and_types_are_exactly_the_schema(
+    scenario_sources: FeatureSources, tmp_path: Path
+) -> None:
     rel = feature_query(duckdb.connect(), scenario_sources)
     assert rel.columns == [f.name for f in FEATURES]
-    assert [str(t) for t in rel.types] == [f.duckdb_type for f in FEATURES]
+    write_features(rel, tmp_path / "out")
+    written = duckdb.connect().sql(
+        f"SELECT * FROM read_parquet('{tmp_path}/out/*/*.parquet', hive_partitioning = true)"
+    )
+    types = dict(zip(written.columns, (str(t) for t in written.types), strict=True))
+    assert types == {f.name: f.duckdb_type for f in FEATURES}
 
 
 def test_one_row_per_panel_row(feats: dict) -> None:

@@ -6,6 +6,13 @@ import duckdb
 
 from npf_loyalty.settings import Settings
 
+#: COPY options of every parquet file ingest writes (clean tables, features). A dictionary is
+#: kept only while it stays under 4 KB: flags, codes and regions still get one, while ids,
+#: money and dates stop trying early. Trying a dictionary on every high-cardinality column
+#: was a quarter of the writer's CPU time, for files only 4–7% smaller
+#: (measured on the 250k-account benchmark fund).
+PARQUET_WRITE_OPTIONS = "FORMAT parquet, COMPRESSION snappy, DICTIONARY_SIZE_LIMIT 4096"
+
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
     """An in-memory database that spills to the work dir instead of running out of memory."""

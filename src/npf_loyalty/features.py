@@ -76,7 +76,8 @@ from typing import Any
 import duckdb
 
 from npf_loyalty import reference
-from npf_loyalty.schema import FEATURES, FEDERAL_DISTRICTS, LABELS, PENSION_AGE
+from npf_loyalty.engine import PARQUET_WRITE_OPTIONS
+from npf_loyalty.schema import CLIENTS_QUARTERLY, FEATURES, FEDERAL_DISTRICTS, LABELS, PENSION_AGE
 
 #: An operation's amount in whole kopecks (half away from zero). Summing doubles in parallel
 #: depends on the order, so the same input could differ in the last bits from run to run.
@@ -96,7 +97,21 @@ PASSTHROUGH = (
 # they resolve), so a relation built earlier on the same connection stays valid.
 REGION_TEXT_TABLE = "npf_region_text"  # dump's region text → reference region
 GEO_TABLE = "npf_geo"  # (region text, postal prefix) → region, district, source, lat, lon
-MACRO_TABLE = "npf_macro"  # quarter_idx → macro values at t and t−4, carried-forward flag
+MACRO_TABLE = "npf_macro"  # quarter_idx → quarter, macro values at t and t−4, carried forward
+
+# Text columns the relation carries as ENUMs: a byte or two per row instead of a string
+# through the join and the partitioned write, which buffers and sorts whole rows. Parquet
+# stores an ENUM as a string column, so the written table has exactly schema.FEATURES' types.
+QUARTER_ENUM = "npf_quarter"  # every quarter of the years the contract allows
+REGION_ENUM = "npf_region"  # the reference regions and "unknown"
+DISTRICT_ENUM = "npf_federal_district"
+SOURCE_ENUM = "npf_region_source"
+ENUM_COLUMNS = {
+    "quarter": QUARTER_ENUM,
+    "region": REGION_ENUM,
+    "federal_district": DISTRICT_ENUM,
+    "region_source": SOURCE_ENUM,
+}
 
 ROW_GROUP_SIZE = 100_000
 
@@ -163,6 +178,25 @@ def _rows(first: int, last: int = 0) -> str:
 # --- eager lookups: few distinct keys per dump ------------------------------------------------
 
 
+def _create_enums(con: duckdb.DuckDBPyConnection) -> None:
+    """The ENUM types of ENUM_COLUMNS (once per connection: their values never change)."""
+    year = CLIENTS_QUARTERLY.column("year")
+    assert year.min is not None and year.max is not None
+    years = range(int(year.min), int(year.max) + 1)
+    regions = [
+        r for (r,) in con.sql("SELECT DISTINCT region FROM ref_regions ORDER BY 1").fetchall()
+    ]
+    labels = {
+        QUARTER_ENUM: [f"{y}Q{q}" for y in years for q in range(1, 5)],
+        REGION_ENUM: [*regions, reference.UNKNOWN],
+        DISTRICT_ENUM: [*FEDERAL_DISTRICTS, reference.UNKNOWN],
+        SOURCE_ENUM: ["region", "postal", reference.UNKNOWN],
+    }
+    for name, values in labels.items():
+        listed = ", ".join(_sql_text(v) for v in values)
+        _run(con, f"CREATE TYPE IF NOT EXISTS {name} AS ENUM ({listed})")
+
+
 DUMP_KEYS_TABLE = "npf_dump_keys"  # this call's distinct (region text, postal prefix, quarter)
 
 
@@ -204,8 +238,9 @@ def _prepare_geo(con: duckdb.DuckDBPyConnection) -> None:
     _run(
         con,
         f"""CREATE TEMP TABLE IF NOT EXISTS {GEO_TABLE} (
-                region_text VARCHAR, postal_prefix VARCHAR, region VARCHAR,
-                federal_district VARCHAR, federal_district_code INTEGER, region_source VARCHAR,
+                region_text VARCHAR, postal_prefix VARCHAR, region {REGION_ENUM},
+                federal_district {DISTRICT_ENUM}, federal_district_code INTEGER,
+                region_source {SOURCE_ENUM},
                 lat DOUBLE, lon DOUBLE, PRIMARY KEY (region_text, postal_prefix))""",
     )
     _run(
@@ -242,7 +277,8 @@ def _prepare_macro(con: duckdb.DuckDBPyConnection) -> int | None:
     _run(
         con,
         f"""CREATE TEMP TABLE IF NOT EXISTS {MACRO_TABLE} (
-                quarter_idx INTEGER PRIMARY KEY, key_rate DOUBLE, key_rate_change_4q DOUBLE,
+                quarter_idx INTEGER PRIMARY KEY, quarter {QUARTER_ENUM},
+                key_rate DOUBLE, key_rate_change_4q DOUBLE,
                 usd_rub DOUBLE, usd_rub_change_4q_pct DOUBLE, life_expectancy_male DOUBLE,
                 life_expectancy_female DOUBLE, carried_forward INTEGER)""",
     )
@@ -276,6 +312,7 @@ life_at AS (
       ON q.gender = l.gender AND q.quarter_idx // 4 >= l.year
 )
 SELECT q.quarter_idx,
+       printf('%dQ%d', q.quarter_idx // 4, q.quarter_idx % 4 + 1),
        r.key_rate,
        r.key_rate - r4.key_rate,
        u.usd_rub,
@@ -317,7 +354,7 @@ def _feature_expressions(dump_last_quarter: int | None) -> dict[str, str]:
     exprs = {
         "npo_account_id": "p.npo_account_id",
         "client_id": "p.client_id",
-        "quarter": "printf('%dQ%d', p.quarter_idx // 4, p.quarter_idx % 4 + 1)",
+        "quarter": "m.quarter",
         "quarter_idx": "p.quarter_idx",
         "quarter_end": QUARTER_END,
         "churn": "p.churn",
@@ -392,6 +429,7 @@ def feature_query(
     if any(wildcard in sources.clients for wildcard in "*?["):
         raise ValueError(f"clients must be one parquet file, not a glob: {sources.clients}")
     reference.register(con)
+    _create_enums(con)
     _scan_dump_keys(con, sources.clients)
     _prepare_geo(con)
     dump_last_quarter = _prepare_macro(con)
@@ -407,7 +445,8 @@ def feature_query(
     )
     exprs = _feature_expressions(dump_last_quarter)
     select_list = ",\n       ".join(
-        f"CAST({exprs[f.name]} AS {f.duckdb_type}) AS {f.name}" for f in FEATURES
+        f"CAST({exprs[f.name]} AS {ENUM_COLUMNS.get(f.name, f.duckdb_type)}) AS {f.name}"
+        for f in FEATURES
     )
     sql = f"""
 WITH
@@ -592,7 +631,7 @@ def write_features(rel: duckdb.DuckDBPyRelation, out_dir: Path) -> FeatureSummar
     out_dir.mkdir(parents=True)
     _statement(
         rel,
-        f"COPY feature_rows TO {_sql_text(str(out_dir))} (FORMAT parquet, "
+        f"COPY feature_rows TO {_sql_text(str(out_dir))} ({PARQUET_WRITE_OPTIONS}, "
         f"PARTITION_BY (quarter), OVERWRITE_OR_IGNORE, ROW_GROUP_SIZE {ROW_GROUP_SIZE})",
     )
     if not any(out_dir.iterdir()):

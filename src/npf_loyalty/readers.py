@@ -34,6 +34,7 @@ from typing import Any, Literal
 import duckdb
 
 from npf_loyalty import schema
+from npf_loyalty.engine import PARQUET_WRITE_OPTIONS
 
 SNIFF_BYTES = 4 << 20  # enough lines to see the encoding and the decimal separator
 CHUNK_BYTES = 4 << 20  # streamed transcoding: memory stays flat whatever the file size
@@ -819,7 +820,7 @@ def _validate(
             counting = pool.submit(_count_lines, source.csv_path)
         copied = con.execute(
             f"COPY (SELECT {converted} FROM {relation}) "
-            f"TO {_lit(str(clean_path))} (FORMAT parquet, COMPRESSION snappy)"
+            f"TO {_lit(str(clean_path))} ({PARQUET_WRITE_OPTIONS})"
         ).fetchone()
         if counting is not None:
             source.physical_lines = counting.result()
@@ -914,14 +915,16 @@ def _strict_pass(
     try:
         row = con.execute(
             f"COPY (SELECT {outputs} FROM {plan.parsed(relation)} WHERE {guard}) "
-            f"TO {_lit(str(clean_path))} (FORMAT parquet, COMPRESSION snappy)"
+            f"TO {_lit(str(clean_path))} ({PARQUET_WRITE_OPTIONS})"
         ).fetchone()
         written = int(row[0]) if row else 0
         if written and table.key:
+            # grouped by a 64-bit hash of the key, not the key's text: a collision only sends
+            # a clean file to the explaining passes, which compare the keys themselves
             keys = ", ".join(_ident(k) for k in table.key)
             duplicate = con.execute(
                 f"SELECT 1 FROM read_parquet({_lit(str(clean_path))}) "
-                f"GROUP BY {keys} HAVING count(*) > 1 LIMIT 1"
+                f"GROUP BY hash({keys}) HAVING count(*) > 1 LIMIT 1"
             ).fetchone()
             written = 0 if duplicate else written
     except duckdb.Error:  # the message may quote the row: personal data, so it is not logged
