@@ -86,7 +86,7 @@ KOPECKS = "CAST(round(o.npo_sum * 100) AS BIGINT)"
 #: The deepest calendar look-back of any window: contrib_8q and contrib_trend reach t−7.
 LOOKBACK_QUARTERS = 7
 
-#: Panel columns copied into the feature table unchanged (cast to DOUBLE).
+#: Panel columns copied into the feature table unchanged (cast to the feature's type).
 PASSTHROUGH = (
     *("balance", "age", "gender", "pmnts_type", "npo_accnts_nmbr", "phone_number", "email"),
     *("lk", "assignee_npo", "assignee_ops", "citizen", "fact_addrss", "appl_mrkr"),
@@ -340,34 +340,29 @@ def _at_least(value: str, floor: int) -> str:
     return f"CASE WHEN {value} < {floor} THEN {floor} ELSE {value} END"
 
 
-QUARTER_END = "last_day(make_date(p.quarter_idx // 4, p.quarter_idx % 4 * 3 + 3, 1))"
+def _quarter_end(alias: str) -> str:
+    """SQL for the last day of the quarter of ``alias``.quarter_idx."""
+    q = f"{alias}.quarter_idx"
+    return f"last_day(make_date({q} // 4, {q} % 4 * 3 + 3, 1))"
 
 
-def _feature_expressions(dump_last_quarter: int | None) -> dict[str, str]:
+def _feature_expressions() -> dict[str, str]:
     """Each feature's SQL over the final join.
 
     Aliases: p = panel row with its calendar windows, m = macro of the quarter, g = geography,
     s = contributors.
     """
     pension_age = " ".join(f"WHEN {g} THEN {a}" for g, a in PENSION_AGE.items())
-    last = "NULL" if dump_last_quarter is None else str(dump_last_quarter)
     exprs = {
         "npo_account_id": "p.npo_account_id",
         "client_id": "p.client_id",
         "quarter": "m.quarter",
         "quarter_idx": "p.quarter_idx",
-        "quarter_end": QUARTER_END,
+        "quarter_end": _quarter_end("p"),
         "churn": "p.churn",
-        "label_next_q": """CASE WHEN p.churn = 1 THEN NULL
-                                WHEN p.exit_quarter = p.quarter_idx + 1 THEN 1
-                                WHEN p.churn_next_q = 0 THEN 0 END""",
-        "label_next_4q": """CASE WHEN p.churn = 1 THEN NULL
-                                 WHEN p.exit_quarter BETWEEN p.quarter_idx + 1
-                                                         AND p.quarter_idx + 4 THEN 1
-                                 WHEN p.churn_in_4q = 0 THEN 0 END""",
-        "is_scoring_row": f"""p.quarter_idx = p.last_panel_quarter
-                              AND p.quarter_idx = {last}
-                              AND p.churn IS DISTINCT FROM 1""",
+        "label_next_q": "p.label_next_q",
+        "label_next_4q": "p.label_next_4q",
+        "is_scoring_row": "p.is_scoring_row",
         "region": "g.region",
         "federal_district": "g.federal_district",
         "region_source": "g.region_source",
@@ -376,18 +371,15 @@ def _feature_expressions(dump_last_quarter: int | None) -> dict[str, str]:
         **{f"contrib_lag{k}": f"p.contrib_lag{k}" for k in range(1, 5)},
         "contrib_4q": "p.contrib_4q",
         "contrib_8q": "p.contrib_8q",
-        "contrib_trend": f"""ln((1 + {_at_least("p.contrib_4q", 0)})
-                                / (1 + {_at_least("p.contrib_prev_4q", 0)}))""",
+        "contrib_trend": "p.contrib_trend",
         "contrib_count_q": "p.contrib_count_q",
         "contrib_count_4q": "p.contrib_count_4q",
         "income_q": "p.income_q",
         **{f"income_lag{k}": f"p.income_lag{k}" for k in range(1, 5)},
         "income_4q": "p.income_4q",
-        "days_since_contrib": f"{QUARTER_END} - p.last_contrib_date",
-        "quarters_without_contrib": """p.quarter_idx - coalesce(p.last_contrib_quarter,
-                                                                p.first_quarter - 1)""",
-        "stopped_paying": """CASE WHEN p.contrib_t5_t2 > 0 AND p.contrib_count_t1_t = 0
-                                  THEN 1 ELSE 0 END""",
+        "days_since_contrib": "p.days_since_contrib",
+        "quarters_without_contrib": "p.quarters_without_contrib",
+        "stopped_paying": "p.stopped_paying",
         "balance_change_q": "p.balance - p.balance_lag1",
         "balance_change_4q_pct": f"""100 * (p.balance - p.balance_lag4)
                                          / {_at_least("p.balance_lag4", 1)}""",
@@ -436,14 +428,14 @@ def feature_query(
     clients_columns = con.sql(f"SELECT * FROM {_read(sources.clients)} LIMIT 0").columns
     churn = "churn" if "churn" in clients_columns else "CAST(NULL AS BIGINT)"
     excluded = "file_row_number, quarter" + (", churn" if "churn" in clients_columns else "")
-    windows = _build_windows(con, sources, churn)
+    windows = _build_windows(con, sources, churn, dump_last_quarter)
     contributors = (
         f"""SELECT npo_accnt_id AS npo_account_id, min(accnt_pnsn_schm) AS pension_scheme
             FROM {_read(sources.contributors)} GROUP BY npo_accnt_id"""
         if sources.contributors
         else "SELECT NULL::VARCHAR AS npo_account_id, NULL::BIGINT AS pension_scheme LIMIT 0"
     )
-    exprs = _feature_expressions(dump_last_quarter)
+    exprs = _feature_expressions()
     select_list = ",\n       ".join(
         f"CAST({exprs[f.name]} AS {ENUM_COLUMNS.get(f.name, f.duckdb_type)}) AS {f.name}"
         for f in FEATURES
@@ -469,7 +461,12 @@ LEFT JOIN contributors AS s USING (npo_account_id)
     return con.sql(sql)
 
 
-def _build_windows(con: duckdb.DuckDBPyConnection, sources: FeatureSources, churn: str) -> str:
+def _build_windows(
+    con: duckdb.DuckDBPyConnection,
+    sources: FeatureSources,
+    churn: str,
+    dump_last_quarter: int | None,
+) -> str:
     """Materialise every panel row's calendar lags, windows and labels; return the table's name.
 
     Operations are aggregated once per (account, calendar quarter); each account gets a dense
@@ -493,7 +490,7 @@ def _build_windows(con: duckdb.DuckDBPyConnection, sources: FeatureSources, chur
         terms = [f"{column}_q" if k == 0 else f"{column}_lag{k}" for k in range(first, last + 1)]
         return " + ".join(terms)
 
-    sums = {
+    sums = {  # in kopecks or counts, until the outputs below
         "contrib_4q": total("contrib", 0, 3),
         "contrib_8q": total("contrib", 0, 7),
         "contrib_prev_4q": total("contrib", 4, 7),
@@ -502,17 +499,45 @@ def _build_windows(con: duckdb.DuckDBPyConnection, sources: FeatureSources, chur
         "contrib_t5_t2": total("contrib", 2, 5),
         "contrib_count_t1_t": total("contrib_count", 0, 1),
     }
-    # Money stays in whole kopecks (BIGINT) up to the last select: sums of integers are exact
-    # in any order, and "contributions above 0" is never a rounding residue of +x and −x.
-    money = ["contrib_q", "income_q"]
-    money += [f"{c}_lag{k}" for c in ("contrib", "income") for k in range(1, 5)]
-    money_sums = [name for name in sums if not name.startswith("contrib_count")]
-    dropped = [f"contrib_lag{k}" for k in range(5, LOOKBACK_QUARTERS + 1)]
-    dropped += [f"contrib_count_lag{k}" for k in range(1, 4)]
-    outputs = [f"w.{c} / 100 AS {c}" for c in money]
-    outputs += [
-        f"({sql}) / 100 AS {n}" if n in money_sums else f"{sql} AS {n}" for n, sql in sums.items()
-    ]
+    last = "NULL" if dump_last_quarter is None else str(dump_last_quarter)
+    # Money stays in whole kopecks (BIGINT) up to here: sums of integers are exact in any
+    # order, and "contributions above 0" is never a rounding residue of +x and −x. Only what
+    # the final join needs leaves this table: the narrower it is, the less the write buffers.
+    outputs = {
+        "panel_row": "w.panel_row",
+        "quarter_idx": "w.quarter_idx",
+        **{c: f"w.{c} / 100" for c in ("contrib_q", "income_q")},
+        **{
+            f"{c}_lag{k}": f"w.{c}_lag{k} / 100" for c in ("contrib", "income") for k in range(1, 5)
+        },
+        **{c: f"({sums[c]}) / 100" for c in ("contrib_4q", "contrib_8q", "income_4q")},
+        "contrib_count_q": "w.contrib_count_q",
+        "contrib_count_4q": sums["contrib_count_4q"],
+        "contrib_trend": f"""ln((1 + {_at_least(f"({sums['contrib_4q']}) / 100", 0)})
+                                / (1 + {_at_least(f"({sums['contrib_prev_4q']}) / 100", 0)}))""",
+        "stopped_paying": f"""CASE WHEN ({sums["contrib_t5_t2"]}) > 0
+                                    AND ({sums["contrib_count_t1_t"]}) = 0 THEN 1 ELSE 0 END""",
+        "days_since_contrib": f"""{_quarter_end("w")}
+                                  - coalesce(w.last_contrib_date, h.last_contrib_date)""",
+        "quarters_without_contrib": """w.quarter_idx - coalesce(w.last_contrib_quarter,
+                                                                h.last_contrib_quarter,
+                                                                s.first_quarter - 1)""",
+        "balance_lag1": "w.balance_lag1",
+        "balance_lag4": "w.balance_lag4",
+        "complaints_4q": "CAST(w.complaints_4q AS INTEGER)",
+        # labels: forward-looking by design, never inputs
+        "label_next_q": """CASE WHEN w.churn = 1 THEN NULL
+                                WHEN s.exit_quarter = w.quarter_idx + 1 THEN 1
+                                WHEN w.churn_next_q = 0 THEN 0 END""",
+        "label_next_4q": """CASE WHEN w.churn = 1 THEN NULL
+                                 WHEN s.exit_quarter BETWEEN w.quarter_idx + 1
+                                                         AND w.quarter_idx + 4 THEN 1
+                                 WHEN w.churn_in_4q = 0 THEN 0 END""",
+        "is_scoring_row": f"""w.quarter_idx = s.last_panel_quarter
+                              AND w.quarter_idx = {last}
+                              AND w.churn IS DISTINCT FROM 1""",
+    }
+    selected = ",\n       ".join(f"{sql} AS {column}" for column, sql in outputs.items())
     _run(
         con,
         f"""CREATE TEMP TABLE {name} AS
@@ -584,7 +609,7 @@ timeline AS (  -- the grid with the quarter's operations and, where there is one
     LEFT JOIN keyed_panel AS k USING (account_no, quarter_idx)
 ),
 panel_windows AS (  -- calendar lags and windows at the panel rows; only labels look forward
-    SELECT panel_row, account_no, quarter_idx, contrib_q, contrib_count_q, income_q,
+    SELECT panel_row, account_no, quarter_idx, churn, contrib_q, contrib_count_q, income_q,
            -- window sums as sums of lags: a lag is a copy, a framed sum a segment tree
            {lags},
            max(last_contrib_date) OVER (w ROWS UNBOUNDED PRECEDING) AS last_contrib_date,
@@ -599,12 +624,7 @@ panel_windows AS (  -- calendar lags and windows at the panel rows; only labels 
     WINDOW w AS (PARTITION BY account_no ORDER BY quarter_idx)
     QUALIFY panel_row IS NOT NULL
 )
-SELECT w.* EXCLUDE (account_no, last_contrib_date, last_contrib_quarter,
-                   {", ".join([*money, *dropped])}),
-       {", ".join(outputs)},
-       coalesce(w.last_contrib_date, h.last_contrib_date) AS last_contrib_date,
-       coalesce(w.last_contrib_quarter, h.last_contrib_quarter) AS last_contrib_quarter,
-       s.first_quarter, s.last_panel_quarter, s.exit_quarter
+SELECT {selected}
 FROM panel_windows AS w
 JOIN account_spans AS s USING (account_no)
 LEFT JOIN contributions_before_grid AS h USING (account_no)""",

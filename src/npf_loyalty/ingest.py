@@ -39,7 +39,7 @@ from npf_loyalty.storage import Keys, LocalStore, Store
 log = logging.getLogger(__name__)
 
 #: Bump when a feature definition changes, so the same dumps give a new features version.
-FEATURES_REVISION = "2"  # 2: money summed in whole kopecks through the windows
+FEATURES_REVISION = "3"  # 2: money summed in whole kopecks; 3: counts and flags as integers
 
 Status = Literal["accepted", "rejected", "duplicate"]
 
