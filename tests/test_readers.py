@@ -182,6 +182,7 @@ def test_one_pass_writes_the_table_the_explaining_passes_write(
         {"age": "30.5"},  # the reader would round it into an integer column
         {"pmnts_type": "7"},
         {"quarter": "2020Q5"},
+        {"quarter": "1985Q1", "year": "1985"},  # a quarter outside the contract's years
         {"npo_account_id": "0x123"},
         {"frst_pmnt_date": "2020-02-30"},
         {"frst_pmnt_date": "2020-01-05 garbage"},  # the reader alone would keep 2020-01-05
@@ -397,6 +398,7 @@ def test_dotted_and_datetime_dates_are_accepted(
 def test_lowercase_quarter_is_normalised(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
     v = read(write_csv(tmp_path / "d.csv", [valid_row(OPS, quarter="2020q1")], sep=";"), con)
     assert clean(v, con)[0]["quarter"] == "2020Q1"
+    assert not v.single_pass and v.rows_rejected == 0  # the explaining passes normalise it
 
 
 def test_text_is_trimmed_and_empty_text_is_null(

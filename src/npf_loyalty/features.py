@@ -76,8 +76,8 @@ from typing import Any
 import duckdb
 
 from npf_loyalty import reference
-from npf_loyalty.engine import PARQUET_WRITE_OPTIONS
-from npf_loyalty.schema import CLIENTS_QUARTERLY, FEATURES, FEDERAL_DISTRICTS, LABELS, PENSION_AGE
+from npf_loyalty.engine import PARQUET_WRITE_OPTIONS, QUARTER_TYPE, create_quarter_type
+from npf_loyalty.schema import FEATURES, FEDERAL_DISTRICTS, LABELS, PENSION_AGE
 
 #: An operation's amount in whole kopecks (half away from zero). Summing doubles in parallel
 #: depends on the order, so the same input could differ in the last bits from run to run.
@@ -102,12 +102,11 @@ MACRO_TABLE = "npf_macro"  # quarter_idx → quarter, macro values at t and t−
 # Text columns the relation carries as ENUMs: a byte or two per row instead of a string
 # through the join and the partitioned write, which buffers and sorts whole rows. Parquet
 # stores an ENUM as a string column, so the written table has exactly schema.FEATURES' types.
-QUARTER_ENUM = "npf_quarter"  # every quarter of the years the contract allows
 REGION_ENUM = "npf_region"  # the reference regions and "unknown"
 DISTRICT_ENUM = "npf_federal_district"
 SOURCE_ENUM = "npf_region_source"
 ENUM_COLUMNS = {
-    "quarter": QUARTER_ENUM,
+    "quarter": QUARTER_TYPE,
     "region": REGION_ENUM,
     "federal_district": DISTRICT_ENUM,
     "region_source": SOURCE_ENUM,
@@ -180,14 +179,11 @@ def _rows(first: int, last: int = 0) -> str:
 
 def _create_enums(con: duckdb.DuckDBPyConnection) -> None:
     """The ENUM types of ENUM_COLUMNS (once per connection: their values never change)."""
-    year = CLIENTS_QUARTERLY.column("year")
-    assert year.min is not None and year.max is not None
-    years = range(int(year.min), int(year.max) + 1)
+    create_quarter_type(con)
     regions = [
         r for (r,) in con.sql("SELECT DISTINCT region FROM ref_regions ORDER BY 1").fetchall()
     ]
     labels = {
-        QUARTER_ENUM: [f"{y}Q{q}" for y in years for q in range(1, 5)],
         REGION_ENUM: [*regions, reference.UNKNOWN],
         DISTRICT_ENUM: [*FEDERAL_DISTRICTS, reference.UNKNOWN],
         SOURCE_ENUM: ["region", "postal", reference.UNKNOWN],
@@ -277,7 +273,7 @@ def _prepare_macro(con: duckdb.DuckDBPyConnection) -> int | None:
     _run(
         con,
         f"""CREATE TEMP TABLE IF NOT EXISTS {MACRO_TABLE} (
-                quarter_idx INTEGER PRIMARY KEY, quarter {QUARTER_ENUM},
+                quarter_idx INTEGER PRIMARY KEY, quarter {QUARTER_TYPE},
                 key_rate DOUBLE, key_rate_change_4q DOUBLE,
                 usd_rub DOUBLE, usd_rub_change_4q_pct DOUBLE, life_expectancy_male DOUBLE,
                 life_expectancy_female DOUBLE, carried_forward INTEGER)""",

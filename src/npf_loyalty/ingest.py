@@ -306,9 +306,6 @@ def _local_copy(store: Store, key: str, folder: Path) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read in chunks: dumps are gigabytes."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file, streamed: dumps are gigabytes."""
     with path.open("rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

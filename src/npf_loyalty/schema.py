@@ -74,6 +74,11 @@ class Table:
 
 
 FLAG = (0, 1)
+YEAR_MIN, YEAR_MAX = 1990, 2100  # the years a dump's quarters may have
+#: Every quarter the contract allows, in order ("1990Q1" … "2100Q4").
+QUARTERS: tuple[str, ...] = tuple(
+    f"{year}Q{q}" for year in range(YEAR_MIN, YEAR_MAX + 1) for q in range(1, 5)
+)
 MONEY_MAX = 1e11  # 100 bn rubles: anything above is a unit or parsing error
 DAYS_MAX = 40_000.0  # ~110 years
 
@@ -115,7 +120,7 @@ CLIENTS_QUARTERLY = Table(
             nullable=True,
             allowed=(0, 1, 2, 3),
         ),
-        Column("year", Kind.INT, "год квартала", min=1990, max=2100),
+        Column("year", Kind.INT, "год квартала", min=YEAR_MIN, max=YEAR_MAX),
         Column("quarter", Kind.QUARTER, "квартал, например 2017Q4"),
         Column("gender", Kind.INT, "пол: -1 женский, 1 мужской", nullable=True, allowed=(-1, 1)),
         Column("age", Kind.INT, "возраст клиента, лет", nullable=True, min=0, max=120),
@@ -208,7 +213,7 @@ TRANSACTIONS = Table(
             "вид операции: 0 начисление дохода, 1 взнос",
             allowed=(OPERATION_INCOME, OPERATION_CONTRIBUTION),
         ),
-        Column("year", Kind.INT, "год операции", min=1990, max=2100),
+        Column("year", Kind.INT, "год операции", min=YEAR_MIN, max=YEAR_MAX),
         Column("quarter", Kind.QUARTER, "квартал операции, например 2017Q4"),
     ),
 )
