@@ -29,6 +29,23 @@ def test_files_round_trip(store: Store, tmp_path: Path) -> None:
     assert store.get_file("clean/x/in.txt", tmp_path / "out.txt").read_text() == "данные"
 
 
+def test_a_moved_directory_is_stored_whole(store: Store, tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    (folder / "quarter=2020Q1").mkdir(parents=True)
+    (folder / "quarter=2020Q1" / "a.parquet").write_bytes(b"first")
+    (folder / "b.json").write_bytes(b"second")
+    keys = store.put_dir("features/v1/", folder, move=True)
+    assert keys == ["features/v1/b.json", "features/v1/quarter=2020Q1/a.parquet"]
+    assert [store.get_bytes(k) for k in keys] == [b"second", b"first"]
+
+
+def test_a_file_put_without_move_stays_where_it_was(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "clean.parquet"
+    path.write_bytes(b"rows")
+    store.put_file("clean/t/1.parquet", path)
+    assert path.read_bytes() == b"rows"
+
+
 def test_list_returns_sorted_keys_under_the_prefix_only(store: Store) -> None:
     for key in ("scores/v2/b", "scores/v1/a", "features/v1/a"):
         store.put_bytes(key, b"x")

@@ -118,7 +118,7 @@ def _validate_and_keep(
     quarantine = None
     if validated.rows_rejected:
         quarantine = _write_quarantine(store, key, digest, validated)
-    store.put_file(Keys.clean_table(table, digest), validated.clean_path)
+    store.put_file(Keys.clean_table(table, digest), validated.clean_path, move=True)
     manifest = {
         "table": table,
         "digest": digest,
@@ -271,7 +271,7 @@ def refresh_features(store: Store, settings: Settings) -> FeaturesOutcome:
             by_quarter = _accounts_by_quarter(con, work / "out")
         finally:
             con.close()
-        store.put_dir(Keys.version_dir(Keys.features, version), work / "out")
+        store.put_dir(Keys.version_dir(Keys.features, version), work / "out", move=True)
     summary_dict = asdict(summary)
     store.publish(
         Keys.features,

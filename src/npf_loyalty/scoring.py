@@ -147,8 +147,8 @@ def score_current(store: Store, settings: Settings, model: LoadedModel) -> Score
         finally:
             con.close()
         with timer.step("upload"):
-            store.put_dir(Keys.version_dir(Keys.scores, version), out / "scores")
-            store.put_dir(Keys.version_dir(Keys.lookup, version), out / "lookup")
+            store.put_dir(Keys.version_dir(Keys.scores, version), out / "scores", move=True)
+            store.put_dir(Keys.version_dir(Keys.lookup, version), out / "lookup", move=True)
     meta = {
         "model_version": model.version,
         "features_version": features["version"],

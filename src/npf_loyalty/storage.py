@@ -82,7 +82,7 @@ class Store(ABC):
     def _put_bytes(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
-    def _put_file(self, key: str, path: Path) -> None: ...
+    def _put_file(self, key: str, path: Path, move: bool) -> None: ...
 
     @abstractmethod
     def get_file(self, key: str, path: Path) -> Path: ...
@@ -110,9 +110,11 @@ class Store(ABC):
         self._guard(key)
         self._put_bytes(key, data)
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
+        """Store a local file. ``move``: the caller is done with it, so a local store may take
+        the file itself instead of copying it (gigabytes of scratch output, written twice)."""
         self._guard(key)
-        self._put_file(key, path)
+        self._put_file(key, path, move)
 
     def put_json(self, key: str, obj: Any) -> None:
         self.put_bytes(key, json.dumps(obj, ensure_ascii=False, indent=2, default=str).encode())
@@ -120,12 +122,13 @@ class Store(ABC):
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
 
-    def put_dir(self, prefix: str, folder: Path) -> builtins.list[str]:
-        """Upload every file under a local folder, keeping relative paths."""
+    def put_dir(self, prefix: str, folder: Path, *, move: bool = False) -> builtins.list[str]:
+        """Upload every file under a local folder, keeping relative paths (``move``: as in
+        put_file)."""
         keys = []
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             key = prefix + path.relative_to(folder).as_posix()
-            self.put_file(key, path)
+            self.put_file(key, path, move=move)
             keys.append(key)
         return keys
 
@@ -173,11 +176,14 @@ class LocalStore(Store):
         tmp.write_bytes(data)
         tmp.replace(target)
 
-    def _put_file(self, key: str, path: Path) -> None:
+    def _put_file(self, key: str, path: Path, move: bool) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        shutil.copyfile(path, tmp)
+        if move:
+            shutil.move(path, tmp)  # a rename on the same file system, else a copy
+        else:
+            shutil.copyfile(path, tmp)
         tmp.replace(target)
 
     def get_file(self, key: str, path: Path) -> Path:
@@ -241,8 +247,8 @@ class S3Store(Store):
     def _put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
-    def _put_file(self, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key))
+    def _put_file(self, key: str, path: Path, move: bool) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key))  # the file stays
 
     def get_file(self, key: str, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
