@@ -405,7 +405,8 @@ def _feature_expressions() -> dict[str, str]:
 def feature_query(
     con: duckdb.DuckDBPyConnection, sources: FeatureSources
 ) -> duckdb.DuckDBPyRelation:
-    """The feature table as a relation: columns and DuckDB types exactly as schema.FEATURES.
+    """The feature table as a relation: the columns of schema.FEATURES, in its types except
+    ENUM_COLUMNS, which stay ENUMs until parquet writes them as the schema's strings.
 
     Two stages. Eagerly, at this call: the reference tables, the dump's few distinct regions,
     postal prefixes and quarters, and the narrow table of every panel row's calendar windows
