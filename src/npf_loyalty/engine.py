@@ -19,11 +19,10 @@ PARQUET_WRITE_OPTIONS = "FORMAT parquet, COMPRESSION snappy, DICTIONARY_SIZE_LIM
 QUARTER_TYPE = "npf_quarter"
 
 
-def create_quarter_type(con: duckdb.DuckDBPyConnection) -> str:
-    """Create QUARTER_TYPE on this connection if it is not there yet; return its name."""
+def create_quarter_type(con: duckdb.DuckDBPyConnection) -> None:
+    """Create QUARTER_TYPE on this connection if it is not there yet."""
     labels = ", ".join(f"'{q}'" for q in QUARTERS)
     con.execute(f"CREATE TYPE IF NOT EXISTS {QUARTER_TYPE} AS ENUM ({labels})")
-    return QUARTER_TYPE
 
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:

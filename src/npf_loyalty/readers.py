@@ -5,10 +5,11 @@ of them are reduced to the same thing — text columns with a line number — an
 generated from `schema`, so DuckDB does the work and no Python code loops over the rows of a
 CSV or parquet file (cp1251 is transcoded in chunks; XLSX is streamed by openpyxl).
 
-A clean file — the common case — is read once: the CSV reader parses numbers and dates itself,
-every check runs in the same SQL, and the first problem of any kind abandons the pass. Only then
-are the rows explained, in further passes: one finds duplicate keys, one runs every check on
-every row and keeps the bad rows with their reasons, one converts the other rows to parquet.
+A clean file — the common case — is read once: the CSV reader parses numbers, dates and
+quarters itself, every check runs in the same SQL, and the first problem of any kind abandons
+the pass. Only then are the rows explained, in further passes: one finds duplicate keys, one
+runs every check on every row and keeps the bad rows with their reasons, one converts the
+other rows to parquet.
 
 A file that is not the contract at all (unknown table, missing columns, binary, empty) raises
 `DumpRejected`; a file that is the contract but has bad rows is accepted, and every bad row goes
